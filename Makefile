@@ -1,0 +1,50 @@
+# Two commands on a fresh machine (Python 3.11 + git): `make repro` and `make test`.
+# The set-up runs once; it reruns only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+PLOTS_TEMPLATE := build/vega_offline.html
+
+# Telemetry off, hubs offline by default (the embedded default needs neither).
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+# dvc runs each stage's `python ...` through the shell: it must find the venv's python.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test plots check-params constraints clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install it or pass PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	# torch first, from its CPU wheel: anything asking for an unpinned torch would pull CUDA wheels.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python scripts/build_plots_template.py $(PLOTS_TEMPLATE)
+	touch $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+plots: $(STAMP)
+	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
+
+check-params: $(STAMP)
+	$(BIN)/python scripts/check_params.py
+
+constraints: $(STAMP)
+	{ echo "# Every transitive dependency, pinned (regenerate: make constraints). torch comes from its CPU wheel."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(torch==|spark-trainer)'; echo "torch==2.13.0"; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

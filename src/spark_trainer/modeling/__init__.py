@@ -1,0 +1,1 @@
+"""Tokenizers and causal LMs: built from configs, or loaded from a local path or hub id."""

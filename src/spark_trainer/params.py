@@ -1,0 +1,329 @@
+"""Typed params: one frozen section per stage, validated before any compute.
+
+    python scripts/check_params.py            # validate the whole params.yaml
+
+Every default lives in params.yaml (where `dvc params diff` shows it), so the models
+below declare types and ranges but no values. A bad key fails with its dotted name and
+what is allowed; an unknown key also names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spark_trainer.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+# YAML lists arrive as lists; a tuple keeps the frozen object hashable and immutable.
+StrTuple = Annotated[tuple[str, ...], Field(strict=False)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+# bitsandbytes 4-bit kernels need Linear input sizes that are multiples of 64.
+MultipleOf64 = Annotated[int, Field(ge=64, multiple_of=64)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+class TrackingParams(Section):
+    uri: str = Field(min_length=1)
+    experiment: str = Field(min_length=1)
+    strict: bool
+    http_timeout_s: float = Field(gt=0)
+    http_retries: NonNegativeInt
+
+
+# --------------------------------------------------------------------------- sample
+
+Subject = Literal["arithmetic", "string_manipulation", "unit_conversion", "world_facts"]
+
+
+class PlantedParams(Section):
+    exact_duplicates: NonNegativeInt
+    near_duplicates: NonNegativeInt
+    pii: NonNegativeInt
+    toxic: NonNegativeInt
+
+
+class SampleParams(Section):
+    seed: NonNegativeInt
+    subjects: Annotated[tuple[Subject, ...], Field(strict=False, min_length=1)]
+    qa_per_subject: Annotated[int, Field(ge=10)]
+    world_towns: Annotated[int, Field(ge=8, le=200)]
+    fact_phrasings: Annotated[int, Field(ge=1, le=3)]  # statement phrasings per world fact
+    passages_per_subject: NonNegativeInt
+    mmlu_dev_per_subject: PositiveInt
+    mmlu_test_per_subject: Annotated[int, Field(ge=4)]
+    planted: PlantedParams
+
+    @model_validator(mode="after")
+    def _unique_subjects(self) -> SampleParams:
+        if len(set(self.subjects)) != len(self.subjects):
+            raise ValueError("subjects must not repeat")
+        return self
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+class SourceParams(Section):
+    kind: Literal["jsonl", "csv", "parquet", "hf"]
+    path: str = Field(min_length=1)  # a local file, or a dataset id when kind is hf
+    text_field: str = Field(min_length=1)
+    subject_field: str = Field(min_length=1)
+    id_field: str  # "" makes ids from the source name and row number
+    hf_split: str | None = None  # only for kind: hf
+
+    @model_validator(mode="after")
+    def _hf_split(self) -> SourceParams:
+        if self.kind == "hf" and not self.hf_split:
+            raise ValueError("a source of kind 'hf' needs hf_split (e.g. train)")
+        if self.kind != "hf" and self.hf_split is not None:
+            raise ValueError(f"hf_split applies to kind 'hf' only, not '{self.kind}'")
+        return self
+
+
+class PrepareParams(Section):
+    seed: NonNegativeInt
+    sources: Annotated[tuple[SourceParams, ...], Field(strict=False, min_length=1)]
+    on_bad_record: Literal["error", "quarantine"]
+    val_fraction: Fraction
+    test_fraction: Fraction
+    min_chars: PositiveInt
+    max_chars: PositiveInt
+    allowed_subjects: Annotated[StrTuple, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+# --------------------------------------------------------------------------- train
+
+
+class TokenizerParams(Section):
+    kind: Literal["bpe", "pretrained"]
+    vocab_size: Annotated[int, Field(ge=300)]  # 256 bytes + specials + merges
+    min_frequency: PositiveInt
+    pretrained: str  # hub id or local path, used when kind is pretrained
+
+    @model_validator(mode="after")
+    def _pretrained(self) -> TokenizerParams:
+        if self.kind == "pretrained" and not self.pretrained:
+            raise ValueError("kind 'pretrained' needs pretrained: <hub id or local path>")
+        return self
+
+
+class ModelParams(Section):
+    source: Literal["config", "pretrained"]
+    pretrained: str  # hub id or local path, used when source is pretrained
+    hidden_size: MultipleOf64
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    intermediate_size: MultipleOf64
+    max_position_embeddings: PositiveInt
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelParams:
+        if self.source == "pretrained" and not self.pretrained:
+            raise ValueError("source 'pretrained' needs pretrained: <hub id or local path>")
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class TrainParams(Section):
+    seed: NonNegativeInt
+    tokenizer: TokenizerParams
+    model: ModelParams
+    block_size: Annotated[int, Field(ge=8)]
+    batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"]
+    warmup_steps: NonNegativeInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    max_steps: PositiveInt
+    logging_steps: PositiveInt
+    save_steps: PositiveInt
+    torch_threads: NonNegativeInt  # 0 keeps torch's own choice
+
+    @model_validator(mode="after")
+    def _block(self) -> TrainParams:
+        if self.block_size > self.model.max_position_embeddings:
+            raise ValueError("block_size must not exceed model.max_position_embeddings")
+        return self
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "tracking": TrackingParams,
+    "sample": SampleParams,
+    "prepare": PrepareParams,
+    "train": TrainParams,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-4` as a string; DVC writes such values
+    (`dvc exp run -S train.learning_rate=1e-4`), so accept YAML 1.2 floats."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the repository root or pass its path")
+    with path.open(encoding="utf-8") as f:
+        data = yaml.load(f, Loader=_Yaml12Loader)  # noqa: S506 - SafeLoader subclass
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section(name: str, path: str | Path = PARAMS_FILE) -> Section:
+    """Read section `name` of params.yaml into its frozen typed object."""
+    if name not in SECTIONS:
+        raise ParamsError(f"no params section type for '{name}'{_closest(name, SECTIONS)}")
+    data = read_yaml(path)
+    if name not in data:
+        raise ParamsError(f"{path}: section '{name}' is missing; add it (see README.md)")
+    return validate_section(name, data[name], source=str(path))
+
+
+def validate_section(name: str, raw: Any, source: str = PARAMS_FILE) -> Section:
+    model = SECTIONS[name]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = [_describe(model, name, err) for err in e.errors()]
+        raise ParamsError(f"{source}: invalid section '{name}':\n  " + "\n  ".join(problems)) from e
+
+
+def check_all(path: str | Path = PARAMS_FILE) -> dict[str, Section]:
+    """Validate every section; report all problems at once."""
+    data = read_yaml(path)
+    problems, sections = [], {}
+    for name, raw in data.items():
+        if name not in SECTIONS:
+            problems.append(f"unknown section '{name}'{_closest(name, SECTIONS)}")
+            continue
+        try:
+            sections[name] = validate_section(name, raw, source=str(path))
+        except ParamsError as e:
+            problems.append(str(e))
+    for name in SECTIONS.keys() - data.keys():
+        problems.append(f"section '{name}' is missing")
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return sections
+
+
+def as_flat_dict(section: Section, prefix: str) -> dict[str, Any]:
+    """`{"train.model.hidden_size": 128, ...}` for MLflow params."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+        else:
+            flat[key] = value
+
+    walk(section.model_dump(mode="json"), prefix)
+    return flat
+
+
+def _closest(key: str, valid: Any) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(sorted(valid))})"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) model that `loc` points into."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    meta = getattr(annotation, "__origin__", None)
+    return _model_in(meta) if meta is not None and meta is not annotation else None
+
+
+def _describe(model: type[BaseModel], section: str, err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join([section, *(str(p) for p in loc)])
+    if err["type"] == "extra_forbidden":
+        return f"{dotted}: unknown key{_closest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
+    if err["type"] == "missing":
+        return f"{dotted}: missing; add it to params.yaml"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{dotted}: {err['msg']}{shown}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`spark-check-params`) behind scripts/check_params.py."""
+    import sys
+
+    path = (argv or sys.argv[1:] or [PARAMS_FILE])[0]
+    try:
+        sections = check_all(path)
+    except ParamsError as e:
+        print(f"{path}: invalid\n{e}", file=sys.stderr)
+        return 2
+    print(f"{path}: valid ({', '.join(sections)})")
+    return 0

@@ -1,0 +1,1 @@
+"""Training: packing documents into blocks and a resumable HF Trainer wrapper."""

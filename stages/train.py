@@ -1,0 +1,99 @@
+"""Train the base causal LM: tokenizer, model from config (or pretrained), HF Trainer.
+
+    python stages/train.py data/prepared models/base checkpoints/train plots/train metrics/train.json
+
+Resumes from the last checkpoint in `checkpoints/train` after an interruption and ends
+with the same metrics as an uninterrupted run. Per-step loss, learning rate and tokens/s
+go to `plots/train` (dvclive); `models/base` gets the Hugging Face layout.
+"""
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from spark_trainer import tracking
+from spark_trainer.data.manifest import read_manifest
+from spark_trainer.modeling import causal_lm, tokenizer as tokenizers
+from spark_trainer.outputs import atomic_path, write_metrics, write_timings
+from spark_trainer.params import TrainParams, load_section
+from spark_trainer.stage import Timer, entrypoint
+from spark_trainer.training import packing, trainer
+
+log = logging.getLogger("train")
+
+
+@entrypoint
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("data_dir", "model_out", "checkpoints", "plots", "metrics"):
+        parser.add_argument(name, type=Path)
+    args = parser.parse_args()
+
+    p: TrainParams = load_section("train")
+    import torch
+
+    if p.torch_threads:
+        torch.set_num_threads(p.torch_threads)
+    timer = Timer()
+    train_items = read_manifest(args.data_dir / "train.jsonl")
+    val_items = read_manifest(args.data_dir / "val.jsonl")
+    train_texts, val_texts = [it["text"] for it in train_items], [it["text"] for it in val_items]
+
+    with timer.phase("tokenizer"):
+        if p.tokenizer.kind == "bpe":
+            tok = tokenizers.train_bpe(train_texts, p.tokenizer.vocab_size, p.tokenizer.min_frequency)
+        else:
+            tok = tokenizers.load_pretrained(p.tokenizer.pretrained)
+        train = packing.pack(tokenizers.encode_documents(tok, train_texts), p.block_size)
+        val = packing.pack(tokenizers.encode_documents(tok, val_texts), p.block_size)
+
+    if p.model.source == "config":
+        model = causal_lm.build_from_config(p.model, tok, p.seed)
+    else:
+        model = causal_lm.load_pretrained(p.model.pretrained)
+    log.info("model: %d parameters; %d train blocks, %d val blocks of %d tokens",
+             causal_lm.parameter_count(model), len(train.blocks), len(val.blocks), p.block_size)
+
+    run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [it["checksum"] for it in train_items],
+                                          tok.backend_tokenizer.to_str())
+    with timer.phase("train"):
+        outcome = trainer.train_causal_lm(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
+                                          args.plots, run_fingerprint)
+
+    with timer.phase("evaluate"):
+        val_loss = trainer.mean_loss(model, val.blocks, p.batch_size)
+        train_loss = trainer.mean_loss(model, train.blocks[: len(val.blocks)], p.batch_size)
+        unigram = trainer.unigram_loss(train.blocks, val.blocks, len(tok))
+
+    with atomic_path(args.model_out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    trainer.clear_checkpoints(args.checkpoints)
+
+    tokens_seen = outcome.global_step * p.batch_size * p.gradient_accumulation_steps * p.block_size
+    metrics = {
+        "parameters": causal_lm.parameter_count(model),
+        "steps": outcome.global_step,
+        "tokens_seen": tokens_seen,
+        "train_tokens": train.tokens_total,
+        "train_tokens_dropped": train.tokens_dropped,
+        "vocab_size": len(tok),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_perplexity": math.exp(val_loss),
+        "unigram_val_perplexity": math.exp(unigram),
+        "perplexity_ratio_to_unigram": math.exp(val_loss - unigram),
+    }
+    write_metrics(args.metrics, metrics)
+    timings = timer.total()
+    timings["tokens_per_second"] = (outcome.global_step - outcome.resumed_from_step) * p.batch_size \
+        * p.gradient_accumulation_steps * p.block_size / max(timer.seconds["train"], 1e-9)
+    timings["resumed_from_step"] = outcome.resumed_from_step
+    write_timings(args.metrics, timings)
+    tracking.mirror_stage("train", p, args.metrics, artifacts=[args.model_out / "config.json"],
+                          step_metrics_dir=args.plots)
+
+
+if __name__ == "__main__":
+    main()
