@@ -209,7 +209,11 @@ def lock_deps_hash(stage: str, lock_path: str | Path = "dvc.lock") -> str | None
     """The deps hash of `stage` as recorded in dvc.lock (None if it has no entry)."""
     if not Path(lock_path).is_file():
         return None
-    entry = (read_yaml(lock_path).get("stages") or {}).get(stage)
+    import yaml
+
+    # BaseLoader keeps every scalar a string: an all-digit md5 must not become a number.
+    with Path(lock_path).open(encoding="utf-8") as f:
+        entry = ((yaml.load(f, Loader=yaml.BaseLoader) or {}).get("stages") or {}).get(stage)
     return deps_hash_from_entries(entry.get("deps", [])) if entry else None
 
 
@@ -221,20 +225,15 @@ def current_deps_hash(stage: str) -> str | None:
     """
     if not Path("dvc.yaml").is_file() or not os.environ.get("DVC_ROOT", Path(".dvc").is_dir()):
         return None
+    from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with Repo(".") as repo:
             (dvc_stage,) = repo.stage.collect(stage)
-            entries = []
-            for dep in dvc_stage.deps:
-                if dep.def_path in ("params.yaml",) or not hasattr(dep, "hash_info"):
-                    continue
-                hash_info = dep.get_hash()
-                if type(dep).__name__ == "ParamsDependency":
-                    continue
-                entries.append({"path": dep.def_path, "md5": hash_info.value if hash_info else ""})
+            entries = [{"path": dep.def_path, "md5": dep.get_hash().value}
+                       for dep in dvc_stage.deps if not isinstance(dep, ParamsDependency)]
     except (DvcException, ValueError, OSError) as e:
         log.warning("could not hash the deps of stage '%s' through DVC: %s", stage, e)
         return None

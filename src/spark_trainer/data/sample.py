@@ -412,7 +412,7 @@ def _plant(docs: list[Document], rng: random.Random, planted: dict[str, int], to
     for i in range(planted["toxic"]):
         town, person = rng.choice(towns), rng.choice(_FIRST)
         text = _TOXIC[i % len(_TOXIC)].format(i=rng.choice(_INSULTS), n=person, t=town.name, g=town.good)
-        out.append(Document(rng.choice(list({d.subject for d in docs})), text, "planted",
+        out.append(Document(rng.choice(sorted({d.subject for d in docs})), text, "planted",
                             {"problems": ["toxic"], "toxic": True}))
     return out
 

@@ -1,0 +1,99 @@
+"""Shared fixtures: a temporary project directory with its own params.yaml and MLflow store.
+
+The network is blocked for in-process code by pytest-socket (see pyproject addopts);
+subprocesses (dvc repro) get the hubs' offline switches.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+# Sizes that keep every stage to seconds while exercising the same code paths.
+SMOKE_OVERRIDES = {
+    "sample": {"qa_per_subject": 60, "world_towns": 8, "fact_phrasings": 1, "passages_per_subject": 12,
+               "mmlu_test_per_subject": 8,
+               "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4}},
+    "train": {"tokenizer": {"vocab_size": 320},
+              "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                        "intermediate_size": 128, "max_position_embeddings": 64},
+              "block_size": 64, "batch_size": 8, "max_steps": 24, "warmup_steps": 2, "logging_steps": 4,
+              "save_steps": 8},
+}
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def repo_params() -> dict:
+    with (REPO / "params.yaml").open() as f:
+        return yaml.safe_load(f)
+
+
+def smoke_params() -> dict:
+    return deep_merge(repo_params(), SMOKE_OVERRIDES)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SPARK_TRAINER_PIPELINE_RUN", raising=False)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A scratch working directory holding smoke-size params.yaml; the MLflow store is
+    a sqlite file inside it."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def write_params(path: Path, params: dict) -> None:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def venv_env() -> dict:
+    """Environment for subprocesses: the current interpreter's bin first on PATH, so
+    `python` in dvc.yaml commands is the project's venv."""
+    import sys
+
+    env = {**os.environ, **OFFLINE_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked files of the repository (as a fresh clone would have them)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest

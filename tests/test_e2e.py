@@ -1,0 +1,83 @@
+"""The whole DAG through `dvc repro` in a temporary copy of the repository, smoke-size."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from spark_trainer.tracking import lock_deps_hash
+from tests.conftest import copy_repo, smoke_params, venv_env, write_params
+
+pytestmark = pytest.mark.e2e
+STAGES = ("sample", "prepare", "train")
+
+
+def _run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = copy_repo(tmp_path_factory.mktemp("clone"))
+    write_params(root / "params.yaml", smoke_params())
+    env = {**venv_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "smoke"]):
+        _run(cmd, root, env)
+    out, err = _run(["dvc", "repro"], root, env)
+    return root, env, out + err
+
+
+def test_repro_runs_every_stage_and_writes_outputs(repo):
+    root, _, log = repo
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in log
+        assert (root / f"metrics/{stage}.json").is_file()
+    prepare = json.loads((root / "metrics/prepare.json").read_text())
+    assert prepare["counts_balance"] and prepare["rows_in"] == prepare["items_out"] + prepare["quarantined"]
+    train = json.loads((root / "metrics/train.json").read_text())
+    assert train["val_perplexity"] < train["unigram_val_perplexity"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (root / "models/base").iterdir()}
+    assert (root / "plots/train/plots/metrics/train/loss.tsv").is_file()
+    assert not list((root / "checkpoints/train").glob("checkpoint-*"))
+
+
+def test_stage_runs_are_mirrored_and_linked(repo):
+    root, _, _ = repo
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id])
+    by_stage = {r.data.tags["spark_trainer.stage"]: r for r in runs}
+    assert set(by_stage) == set(STAGES)
+    assert len({r.data.tags["spark_trainer.pipeline_run"] for r in runs}) == 1
+    os.chdir(root)
+    for stage, run in by_stage.items():
+        assert run.data.tags["dvc.deps_hash"] == lock_deps_hash(stage, root / "dvc.lock"), stage
+    assert client.get_metric_history(by_stage["train"].info.run_id, "train/loss")
+
+
+def test_second_repro_does_nothing(repo):
+    root, env, _ = repo
+    assert "Data and pipelines are up to date" in "".join(_run(["dvc", "repro"], root, env))
+
+
+def test_forced_rerun_gives_byte_identical_metrics(repo):
+    root, env, _ = repo
+    before = {s: (root / f"metrics/{s}.json").read_bytes() for s in STAGES}
+    _run(["dvc", "repro", "--force"], root, env)
+    assert {s: (root / f"metrics/{s}.json").read_bytes() for s in STAGES} == before
+
+
+def test_experiment_with_a_changed_param(repo):
+    root, env, _ = repo
+    _run(["dvc", "exp", "run", "-S", "train.learning_rate=0.002", "-n", "lower-lr"], root, env)
+    shown, _ = _run(["dvc", "exp", "show", "--json"], root, env)
+    assert "lower-lr" in json.dumps(json.loads(shown))
+    diff, _ = _run(["dvc", "params", "diff", "--json"], root, env)
+    change = json.loads(diff)["params.yaml"]["train.learning_rate"]
+    assert (change["old"], change["new"]) == (0.003, 0.002)
+    metrics_diff, _ = _run(["dvc", "metrics", "diff", "--json"], root, env)
+    assert "metrics/train.json" in json.loads(metrics_diff)

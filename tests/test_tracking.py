@@ -1,0 +1,83 @@
+import json
+import logging
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from spark_trainer import tracking
+from spark_trainer.errors import TrackingError
+from spark_trainer.params import load_section
+
+
+def _runs(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spark-trainer")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _stage_files(project):
+    (project / "metrics").mkdir()
+    (project / "metrics/train.json").write_text(json.dumps({"val_loss": 1.25, "nested": {"ok": True}, "name": "x"}))
+    live = project / "plots/train/plots/metrics/train"
+    live.mkdir(parents=True)
+    (live / "loss.tsv").write_text("step\tloss\n10\t3.5\n20\t2.5\n")
+    return project / "metrics/train.json", project / "plots/train"
+
+
+def test_stage_run_has_params_metrics_steps_tags_and_artifacts(project, monkeypatch):
+    metrics, live = _stage_files(project)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-brisk-lark")
+    monkeypatch.setenv("SPARK_TRAINER_PIPELINE_RUN", "pipe-1")
+    run_id = tracking.mirror_stage("train", load_section("train"), metrics, step_metrics_dir=live, deps_hash="abc")
+    (run,) = _runs(project)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.model.hidden_size"] == "64"
+    assert run.data.params["train.learning_rate"] == "0.003"
+    assert run.data.metrics["val_loss"] == 1.25 and run.data.metrics["nested.ok"] == 1.0
+    assert "name" not in run.data.metrics
+    tags = run.data.tags
+    assert tags["spark_trainer.stage"] == "train" and tags["dvc.exp_name"] == "exp-brisk-lark"
+    assert tags["spark_trainer.pipeline_run"] == "pipe-1" and tags["dvc.deps_hash"] == "abc"
+    assert "git.commit" in tags
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(10, 3.5), (20, 2.5)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["train.json"]
+
+
+def test_unreachable_server_warns_and_the_stage_goes_on(project, monkeypatch, caplog):
+    metrics, _ = _stage_files(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with caplog.at_level(logging.WARNING):
+        assert tracking.mirror_stage("train", load_section("train"), metrics, deps_hash="") is None
+    assert "MLflow mirroring of stage 'train' to http://127.0.0.1:9 failed" in caplog.text
+    assert "scripts/sync_mlflow.py" in caplog.text
+
+
+def test_unreachable_server_fails_the_stage_when_strict(project, monkeypatch):
+    metrics, _ = _stage_files(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    strict = load_section("tracking").model_copy(update={"strict": True})
+    with pytest.raises(TrackingError, match="tracking.strict is true"):
+        tracking.mirror_stage("train", load_section("train"), metrics, settings=strict, deps_hash="")
+
+
+def test_sync_mirrors_metrics_with_the_lock_deps_hash(project):
+    metrics, _ = _stage_files(project)
+    (project / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python x.py\n    metrics:\n    - metrics/train.json:\n        cache: false\n"
+        "    plots:\n    - plots/train/plots/metrics:\n        cache: false\n"
+        "  prepare:\n    cmd: python y.py\n    metrics:\n    - metrics/prepare.json\n")
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: python x.py\n    deps:\n    - path: x.py\n      md5: 0123\n")
+    outcome = tracking.sync_all()
+    assert outcome["train"].startswith("run ")
+    assert "metrics/prepare.json not found" in outcome["prepare"]
+    (run,) = _runs(project)
+    assert run.data.tags["spark_trainer.mirrored_by"] == "sync"
+    assert run.data.tags["dvc.deps_hash"] == tracking.deps_hash_from_entries([{"path": "x.py", "md5": "0123"}])
+    assert run.data.metrics["val_loss"] == 1.25
+
+
+def test_flatten_numbers_keeps_numeric_leaves():
+    assert tracking.flatten_numbers({"a": {"b": 1, "c": "x", "d": [1]}, "e": False}) == {"a.b": 1.0, "e": 0.0}
