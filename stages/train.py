@@ -91,7 +91,7 @@ def main() -> None:
         * p.gradient_accumulation_steps * p.block_size / max(timer.seconds["train"], 1e-9)
     timings["resumed_from_step"] = outcome.resumed_from_step
     write_timings(args.metrics, timings)
-    tracking.mirror_stage("train", p, args.metrics, artifacts=[args.model_out / "config.json"],
+    tracking.mirror_stage("train", p, args.metrics, artifacts=[args.model_out / "config.json", args.plots],
                           step_metrics_dir=args.plots)
 
 

@@ -127,3 +127,24 @@ def test_prepare_stage_stops_on_validation_failure(project):
     assert run.returncode == 2
     assert "suite 'prepare_manifest' failed 1 of 10" in run.stderr and "astrology" in run.stderr
     assert not (project / "out").exists() and not (project / "m.json").exists()
+
+
+def test_hf_source_goes_through_datasets_load_dataset(tmp_path, monkeypatch):
+    """`kind: hf` takes a dataset id; a local dataset folder exercises the same call offline."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", _records(6))
+    src = SourceParams(kind="hf", path=str(folder), text_field="text", subject_field="subject", id_field="id",
+                       hf_split="train")
+    result = collect((src,), "error", "t")
+    assert [it["id"] for it in result.items] == [f"r{i}" for i in range(6)]
+    assert result.items[0]["source_path"] == f"hf://{folder}/train"
+
+
+def test_unreachable_hf_dataset_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    src = SourceParams(kind="hf", path="nobody/no-such-dataset", text_field="text", subject_field="subject",
+                       id_field="", hf_split="train")
+    with pytest.raises(InputDataError, match=r"cannot load Hugging Face dataset 'nobody/no-such-dataset'"):
+        collect((src,), "error", "t")

@@ -191,7 +191,7 @@ def pipeline_run_id() -> str:
             cmdline = proc.cmdline()
         except (psutil.AccessDenied, psutil.NoSuchProcess):
             continue
-        if any(Path(arg).name == "dvc" for arg in cmdline[:2]) or "dvc" in " ".join(cmdline[:3]).split("/")[-1:]:
+        if any(Path(arg).name == "dvc" for arg in cmdline[:3]):  # `dvc ...` or `python -m dvc ...`
             return hashlib.sha256(f"{proc.pid}-{proc.create_time()}".encode()).hexdigest()[:16]
     return "standalone-" + hashlib.sha256(f"{os.getpid()}-{psutil.Process().create_time()}".encode()).hexdigest()[:16]
 
