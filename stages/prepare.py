@@ -7,9 +7,7 @@ subject) and `quarantine.jsonl` (rows set aside with their reason, when
 `on_bad_record: quarantine`). Counts in = out + quarantined, per source.
 """
 
-import argparse
 from collections import Counter
-from pathlib import Path
 
 from spark_trainer import tracking
 from spark_trainer.data import prepare, validation
@@ -18,15 +16,12 @@ from spark_trainer.data.splits import SPLITS, stratified_split
 from spark_trainer.errors import InputDataError
 from spark_trainer.outputs import atomic_path, write_jsonl_atomic, write_metrics, write_timings
 from spark_trainer.params import PrepareParams, load_section
-from spark_trainer.stage import Timer, entrypoint
+from spark_trainer.stage import Timer, entrypoint, path_args
 
 
 @entrypoint
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("metrics", type=Path)
-    args = parser.parse_args()
+    args = path_args(__doc__, "out_dir", "metrics")
 
     p: PrepareParams = load_section("prepare")
     timer = Timer()

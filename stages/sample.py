@@ -7,22 +7,17 @@ duplicates, PII, toxic lines; an id absent from it is clean) and an MMLU-format 
 (`mmlu/dev/<subject>_dev.csv`, `mmlu/test/<subject>_test.csv`).
 """
 
-import argparse
-from pathlib import Path
 
 from spark_trainer import tracking
 from spark_trainer.data import sample
 from spark_trainer.outputs import atomic_path, write_jsonl_atomic, write_metrics, write_text_atomic, write_timings
 from spark_trainer.params import SampleParams, load_section
-from spark_trainer.stage import Timer, entrypoint
+from spark_trainer.stage import Timer, entrypoint, path_args
 
 
 @entrypoint
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("metrics", type=Path)
-    args = parser.parse_args()
+    args = path_args(__doc__, "out_dir", "metrics")
 
     p: SampleParams = load_section("sample")
     timer = Timer()

@@ -7,17 +7,15 @@ with the same metrics as an uninterrupted run. Per-step loss, learning rate and 
 go to `plots/train` (dvclive); `models/base` gets the Hugging Face layout.
 """
 
-import argparse
 import logging
 import math
-from pathlib import Path
 
 from spark_trainer import tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm, tokenizer as tokenizers
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import TrainParams, load_section
-from spark_trainer.stage import Timer, entrypoint
+from spark_trainer.stage import Timer, entrypoint, path_args
 from spark_trainer.training import packing, trainer
 
 log = logging.getLogger("train")
@@ -25,10 +23,7 @@ log = logging.getLogger("train")
 
 @entrypoint
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("data_dir", "model_out", "checkpoints", "plots", "metrics"):
-        parser.add_argument(name, type=Path)
-    args = parser.parse_args()
+    args = path_args(__doc__, "data_dir", "model_out", "checkpoints", "plots", "metrics")
 
     p: TrainParams = load_section("train")
     import torch

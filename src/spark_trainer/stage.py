@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from spark_trainer.errors import SparkTrainerError
@@ -33,6 +35,14 @@ def entrypoint(main: F) -> F:
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def path_args(doc: str, *names: str) -> argparse.Namespace:
+    """The stage's paths, positional on its `cmd` line in dvc.yaml (settings come from params)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in names:
+        parser.add_argument(name, type=Path)
+    return parser.parse_args()
 
 
 class Timer:

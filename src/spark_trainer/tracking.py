@@ -223,8 +223,8 @@ def current_deps_hash(stage: str) -> str | None:
     While a stage runs, dvc.lock still holds the previous run's entry, so ask DVC to
     hash the declared deps now (it reuses its state cache, so unchanged files are free).
     """
-    if not Path("dvc.yaml").is_file() or not os.environ.get("DVC_ROOT", Path(".dvc").is_dir()):
-        return None
+    if not (Path("dvc.yaml").is_file() and Path(".dvc").is_dir()):
+        return None  # run by hand outside a DVC project: nothing to hash against
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
