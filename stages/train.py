@@ -1,6 +1,6 @@
 """Train the base causal LM: tokenizer, model from config (or pretrained), HF Trainer.
 
-    python stages/train.py data/prepared models/base checkpoints/train plots/train metrics/train.json
+    python stages/train.py data/clean models/base checkpoints/train plots/train metrics/train.json
 
 Resumes from the last checkpoint in `checkpoints/train` after an interruption and ends
 with the same metrics as an uninterrupted run. Per-step loss, learning rate and tokens/s

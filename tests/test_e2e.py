@@ -11,7 +11,7 @@ from spark_trainer.tracking import lock_deps_hash
 from tests.conftest import copy_repo, smoke_params, venv_env, write_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("sample", "prepare", "train")
+STAGES = ("sample", "prepare", "quality_gates", "train")
 
 
 def _run(cmd, cwd, env):

@@ -114,6 +114,86 @@ class PrepareParams(Section):
         return self
 
 
+# --------------------------------------------------------------------------- quality_gates
+
+GateName = Literal["screen", "exact_dedup", "near_dedup", "semantic_dedup", "pii", "toxicity"]
+ToxicCategory = Literal["toxicity", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
+                        "identity_hate", "sexual_explicit"]
+
+
+class ScreenParams(Section):
+    enabled: bool
+    max_chars: PositiveInt
+    long_action: Literal["reject", "truncate"]
+    language: str = Field(min_length=2, max_length=3)
+    non_language_action: Literal["flag", "reject"]
+    min_language_chars: NonNegativeInt
+
+
+class ExactDedupParams(Section):
+    enabled: bool
+
+
+class NearDedupParams(Section):
+    enabled: bool
+    shingle_size: Annotated[int, Field(ge=1, le=10)]
+    num_perm: Annotated[int, Field(ge=16, le=1024)]
+    threshold: Fraction
+    min_words: NonNegativeInt  # shorter documents are only exact-deduplicated
+
+
+class SemanticDedupParams(Section):
+    enabled: bool
+    threshold: Fraction
+    batch_size: PositiveInt
+
+
+class PiiParams(Section):
+    enabled: bool
+    entities: Annotated[StrTuple, Field(min_length=1)]
+    score_threshold: Annotated[float, Field(ge=0.0, le=1.0)]
+    action: Literal["redact", "drop"]
+    phone_regions: Annotated[StrTuple, Field(min_length=1)]  # ISO 3166 codes for national-format numbers
+    spacy_model: str  # an installed spaCy pipeline for PERSON/LOCATION; "" = pattern recognizers only
+
+
+class ToxicityParams(Section):
+    enabled: bool
+    backend: Literal["detoxify", "wordlist"]
+    model_type: Literal["original", "unbiased", "multilingual"]
+    checkpoint: str               # a Detoxify .ckpt file; "" looks in the torch hub cache
+    huggingface_config_path: str  # the encoder's config + tokenizer folder; "" asks the hub (or its cache)
+    fallback: Literal["wordlist", "error"]
+    batch_size: PositiveInt
+    thresholds: Annotated[dict[ToxicCategory, Annotated[float, Field(gt=0.0, le=1.0)]],
+                          Field(strict=False, min_length=1)]
+
+
+class CardParams(Section):
+    pretty_name: str = Field(min_length=1)
+    license: str = Field(min_length=1)       # a Hugging Face license id, e.g. apache-2.0
+    language: Annotated[StrTuple, Field(min_length=1)]
+    task_categories: Annotated[StrTuple, Field(min_length=1)]
+
+
+class QualityGatesParams(Section):
+    order: Annotated[tuple[GateName, ...], Field(strict=False, min_length=1)]
+    screen: ScreenParams
+    exact_dedup: ExactDedupParams
+    near_dedup: NearDedupParams
+    semantic_dedup: SemanticDedupParams
+    pii: PiiParams
+    toxicity: ToxicityParams
+    validate_output: bool
+    card: CardParams
+
+    @model_validator(mode="after")
+    def _order(self) -> QualityGatesParams:
+        if len(set(self.order)) != len(self.order):
+            raise ValueError("order must name each gate at most once")
+        return self
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -179,6 +259,7 @@ SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
     "prepare": PrepareParams,
+    "quality_gates": QualityGatesParams,
     "train": TrainParams,
 }
 

@@ -17,6 +17,7 @@ Only `random.Random(seed)` is used, in a fixed order, so one seed gives one byte
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import random
 import string
@@ -193,7 +194,7 @@ _RELATIONS = {  # relation -> (question, statement phrasings, value getter, valu
 def world_pool(towns: list[Town], rng: random.Random) -> list[Question]:
     pool = []
     for town in towns:
-        for relation, (question, _, value) in _RELATIONS.items():
+        for question, _, value in _RELATIONS.values():
             ans = value(town)
             others = sorted({value(t) for t in towns} - {ans})
             rng.shuffle(others)
@@ -267,7 +268,8 @@ def _pii_value(kind: str, rng: random.Random, person: str) -> str:
     if kind == "EMAIL_ADDRESS":
         return f"{person.lower().replace(' ', '.')}@{rng.choice(['example.org', 'mail.example.com', 'post.example.net'])}"
     if kind == "PHONE_NUMBER":
-        return f"({rng.choice(_AREA_CODES)}) {rng.randint(201, 989)}-{rng.randint(1000, 9999)}"
+        exchange = rng.choice([n for n in range(201, 990) if n % 100 != 11])  # N11 codes are not valid exchanges
+        return f"({rng.choice(_AREA_CODES)}) {exchange}-{rng.randint(1000, 9999)}"
     if kind == "US_SSN":
         return f"{rng.randint(101, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}"
     if kind == "CREDIT_CARD":
@@ -335,7 +337,7 @@ def generate(seed: int, subjects: tuple[str, ...], qa_per_subject: int, world_to
                                  f"or lower mmlu_dev/test_per_subject below {len(pool)}")
             dev, test, train_qa = pool[:mmlu_dev], pool[mmlu_dev:held], pool
             for town in towns:
-                for question, phrasings, value in _RELATIONS.values():
+                for _, phrasings, value in _RELATIONS.values():
                     for phrase in phrasings[:fact_phrasings]:
                         docs.append(Document(subject, phrase.format(t=town.name, v=value(town)), "fact"))
         else:
@@ -377,11 +379,15 @@ def _unique_questions(pool: list[Question]) -> list[Question]:
     return out
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def _drop_repeats(docs: list[Document]) -> list[Document]:
     """The clean corpus holds no duplicates of its own: every duplicate is a planted one."""
     seen, out = set(), []
     for d in docs:
-        key = " ".join(d.text.lower().split())
+        key = _normalised(d.text)
         if key not in seen:
             seen.add(key)
             out.append(d)
@@ -401,20 +407,42 @@ def _plant(docs: list[Document], rng: random.Random, planted: dict[str, int], to
     for src in rng.sample(long_sources, planted["near_duplicates"]):
         out.append(Document(src.subject, _near_duplicate(src.text, rng), "planted",
                             {"problems": ["near_duplicate"], "near_duplicate_of": id(src)}))
+    taken = {_normalised(d.text) for d in docs}
     for i in range(planted["pii"]):
         kind = PII_TYPES[i % len(PII_TYPES)]
-        town, person = rng.choice(towns), f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
-        value = _pii_value(kind, rng, person)
-        text = _PII_TEMPLATES[kind].format(t=town.name, p=person, g=town.good, v=value)
-        start = text.index(value)
-        pii = [{"type": kind, "start": start, "end": start + len(value), "value": value}]
-        out.append(Document("world_facts", text, "planted", {"problems": ["pii"], "pii": pii}))
+        text, labels = _unique(taken, functools.partial(_pii_line, kind, rng, towns))
+        out.append(Document("world_facts", text, "planted", labels))
+    subjects = sorted({d.subject for d in docs})
     for i in range(planted["toxic"]):
-        town, person = rng.choice(towns), rng.choice(_FIRST)
-        text = _TOXIC[i % len(_TOXIC)].format(i=rng.choice(_INSULTS), n=person, t=town.name, g=town.good)
-        out.append(Document(rng.choice(sorted({d.subject for d in docs})), text, "planted",
-                            {"problems": ["toxic"], "toxic": True}))
+        template = _TOXIC[i % len(_TOXIC)]
+        text, labels = _unique(taken, functools.partial(_toxic_line, template, rng, towns))
+        out.append(Document(rng.choice(subjects), text, "planted", labels))
     return out
+
+
+def _unique(taken: set[str], draw: Callable[[], tuple[str, dict]]) -> tuple[str, dict]:
+    """Draw until the text duplicates no other document: a planted line's only
+    label is the one planted."""
+    while True:
+        text, labels = draw()
+        if _normalised(text) not in taken:
+            taken.add(_normalised(text))
+            return text, labels
+
+
+def _pii_line(kind: str, rng: random.Random, towns: list[Town]) -> tuple[str, dict]:
+    town, person = rng.choice(towns), f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+    value = _pii_value(kind, rng, person)
+    text = _PII_TEMPLATES[kind].format(t=town.name, p=person, g=town.good, v=value)
+    start = text.index(value)
+    return text, {"problems": ["pii"], "pii": [{"type": kind, "start": start, "end": start + len(value),
+                                                 "value": value}]}
+
+
+def _toxic_line(template: str, rng: random.Random, towns: list[Town]) -> tuple[str, dict]:
+    town, person = rng.choice(towns), rng.choice(_FIRST)
+    text = template.format(i=rng.choice(_INSULTS), n=person, t=town.name, g=town.good)
+    return text, {"problems": ["toxic"], "toxic": True}
 
 
 def _mmlu_rows(questions: list[Question], rng: random.Random) -> list[list[str]]:

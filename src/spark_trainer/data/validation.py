@@ -30,6 +30,36 @@ def manifest_expectations(allowed_subjects: tuple[str, ...], min_chars: int, max
     ]
 
 
+# Independent of Presidio on purpose: a second opinion on what redaction may have missed.
+LEFTOVER_PII_PATTERNS = {
+    "email": r"[\w.+-]+@[\w-]+\.[\w.-]+",
+    "us_ssn": r"\b\d{3}-\d{2}-\d{4}\b",
+    "card": r"\b(?:\d{4}[ -]?){3}\d{4}\b",
+    "ipv4": r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
+    "iban": r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b",
+    "us_phone": r"\(\d{3}\) ?\d{3}-\d{4}",
+}
+
+
+def clean_expectations(allowed_subjects: tuple[str, ...] | None = None) -> list[Any]:
+    """The suite for the quality gates' output: schema, no empty text, no leftover pattern PII."""
+    import great_expectations.expectations as gxe
+
+    expectations = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=["id", "text", "subject", "checksum", "content_type",
+                                                     "source_path", "size_bytes"], exact_match=True),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("id", "text", "subject", "checksum")],
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
+        *[gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=rx, meta={"pii": name})
+          for name, rx in LEFTOVER_PII_PATTERNS.items()],
+        gxe.ExpectColumnValuesToMatchRegex(column="checksum", regex=r"^sha256:[0-9a-f]{64}$"),
+    ]
+    if allowed_subjects:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="subject", value_set=list(allowed_subjects)))
+    return expectations
+
+
 def manifest_frame(items: list[dict[str, Any]]):
     import pandas as pd
 

@@ -1,0 +1,1 @@
+"""Quality gates between `prepare` and `train`: screen, dedup, PII, toxicity, validation."""

@@ -1,0 +1,113 @@
+"""Toxicity scoring: Detoxify from a local checkpoint, or a transparent word list.
+
+Detoxify normally downloads its checkpoint; here it loads one from a path (or the torch
+hub cache) named in params. When none loads, the configured fallback runs and the
+backend that actually scored the data is recorded (`detoxify` or `wordlist`), with why.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spark_trainer.errors import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+TERMS_FILE = Path(__file__).with_name("toxic_terms.tsv")
+# Detoxify's released checkpoints, by model type, as its loader names them in the hub cache.
+CHECKPOINT_NAMES = {
+    "original": "toxic_original-c1212f89.ckpt",
+    "unbiased": "toxic_debiased-c7548aa0.ckpt",
+    "multilingual": "multilingual_debiased-0b549669.ckpt",
+}
+
+Scores = dict[str, float]
+
+
+@dataclass(frozen=True)
+class ToxicityScorer:
+    backend: str                                   # detoxify | wordlist
+    note: str                                      # where the model came from, or why the fallback ran
+    score: Callable[[Sequence[str]], list[Scores]]  # texts -> per-category scores in [0, 1]
+
+
+def wordlist_scorer(note: str) -> ToxicityScorer:
+    """1.0 for a category when one of its listed terms occurs as whole words, else 0.0;
+    `toxicity` is the maximum over categories."""
+    terms: dict[str, list[str]] = {}
+    for line in TERMS_FILE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            category, term = line.split("\t")
+            terms.setdefault(category, []).append(term)
+    patterns = {c: re.compile(r"\b(?:" + "|".join(re.escape(t) for t in ts) + r")\b", re.IGNORECASE)
+                for c, ts in terms.items()}
+
+    def score(texts: Sequence[str]) -> list[Scores]:
+        out = []
+        for text in texts:
+            scores = {c: 1.0 if p.search(text) else 0.0 for c, p in patterns.items()}
+            scores["toxicity"] = max(scores.values())
+            out.append(scores)
+        return out
+
+    return ToxicityScorer("wordlist", note, score)
+
+
+def find_checkpoint(model_type: str, checkpoint: str) -> Path | None:
+    if checkpoint:
+        return Path(checkpoint) if Path(checkpoint).is_file() else None
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_NAMES[model_type]
+    return cached if cached.is_file() else None
+
+
+def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: str,
+                    batch_size: int) -> ToxicityScorer:
+    from detoxify import Detoxify
+
+    try:
+        model = Detoxify(model_type=model_type, checkpoint=str(checkpoint), device="cpu",
+                         huggingface_config_path=huggingface_config_path or None)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelSourceError(f"Detoxify could not load checkpoint '{checkpoint}': {e}") from e
+
+    def score(texts: Sequence[str]) -> list[Scores]:
+        out: list[Scores] = []
+        for i in range(0, len(texts), batch_size):
+            batch = list(texts[i:i + batch_size])
+            # Detoxify squeezes its scores: a batch of one comes back as scalars, not lists.
+            predicted = {c: v if isinstance(v, list) else [v] for c, v in model.predict(batch).items()}
+            out += [{c: float(v[j]) for c, v in predicted.items()} for j in range(len(batch))]
+        return out
+
+    return ToxicityScorer("detoxify", f"checkpoint {checkpoint}", score)
+
+
+def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_config_path: str,
+                 fallback: str, batch_size: int) -> ToxicityScorer:
+    """The scorer params ask for, or the fallback with the reason; never silently."""
+    if backend == "wordlist":
+        return wordlist_scorer("configured backend")
+    found = find_checkpoint(model_type, checkpoint)
+    problem = (f"no Detoxify checkpoint at '{checkpoint}'" if checkpoint else
+               f"no Detoxify '{model_type}' checkpoint in the torch hub cache")
+    if found is not None:
+        try:
+            return detoxify_scorer(model_type, found, huggingface_config_path, batch_size)
+        except ModelSourceError as e:
+            problem = str(e)
+    if fallback == "error":
+        raise ModelSourceError(f"{problem}; set quality_gates.toxicity.checkpoint to a Detoxify .ckpt, "
+                               "or fallback: wordlist")
+    log.warning("toxicity: %s; scoring with the word list instead (fallback: wordlist)", problem)
+    return wordlist_scorer(f"fallback: {problem}")
+
+
+def flagged(scores: Scores, thresholds: dict[str, float]) -> dict[str, float]:
+    """The categories whose score reaches its threshold (categories the backend lacks are skipped)."""
+    return {c: round(scores[c], 4) for c, t in thresholds.items() if c in scores and scores[c] >= t}
