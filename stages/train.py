@@ -54,7 +54,7 @@ def main() -> None:
                                           tok.backend_tokenizer.to_str())
     with timer.phase("train"):
         outcome = trainer.train_causal_lm(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
-                                          args.plots, run_fingerprint)
+                                          args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
 
     with timer.phase("evaluate"):
         val_loss = trainer.mean_loss(model, val.blocks, p.batch_size)

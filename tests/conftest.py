@@ -23,6 +23,9 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
+# huggingface_hub and datasets read these when first imported, which happens while test
+# modules are collected, before any fixture runs: set them now.
+os.environ.update(OFFLINE_ENV)
 
 # Sizes that keep every stage to seconds while exercising the same code paths.
 SMOKE_OVERRIDES = {
@@ -34,6 +37,13 @@ SMOKE_OVERRIDES = {
                         "intermediate_size": 128, "max_position_embeddings": 64},
               "block_size": 64, "batch_size": 8, "max_steps": 24, "warmup_steps": 2, "logging_steps": 4,
               "save_steps": 8},
+    "lora": {"block_size": 64, "batch_size": 8,
+             "max_steps": 8, "warmup_steps": 1, "logging_steps": 4, "save_steps": 4},
+    "quantize": {"eval_prompts": 4, "max_new_tokens": 4, "latency_repeats": 1},
+    "distill": {"student": {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                            "intermediate_size": 64},
+                "block_size": 64, "batch_size": 8, "max_steps": 8, "warmup_steps": 1, "logging_steps": 4,
+                "save_steps": 4},
 }
 
 

@@ -11,7 +11,12 @@ from spark_trainer.tracking import lock_deps_hash
 from tests.conftest import copy_repo, smoke_params, venv_env, write_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("sample", "prepare", "quality_gates", "train")
+METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
+           "quality_gates": "metrics/quality_gates.json", "train": "metrics/train.json",
+           "lora@arithmetic": "metrics/lora/arithmetic.json", "lora@world_facts": "metrics/lora/world_facts.json",
+           "quantize": "metrics/quantize.json",
+           "distill": "metrics/distill.json"}
+STAGES = tuple(METRICS)
 
 
 def _run(cmd, cwd, env):
@@ -34,9 +39,9 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_outputs(repo):
     root, _, log = repo
-    for stage in STAGES:
+    for stage, metrics in METRICS.items():
         assert f"Running stage '{stage}'" in log
-        assert (root / f"metrics/{stage}.json").is_file()
+        assert (root / metrics).is_file()
     prepare = json.loads((root / "metrics/prepare.json").read_text())
     assert prepare["counts_balance"] and prepare["rows_in"] == prepare["items_out"] + prepare["quarantined"]
     train = json.loads((root / "metrics/train.json").read_text())
@@ -44,6 +49,12 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (root / "models/base").iterdir()}
     assert (root / "plots/train/plots/metrics/train/loss.tsv").is_file()
     assert not list((root / "checkpoints/train").glob("checkpoint-*"))
+    quality = json.loads((root / "metrics/quality_gates.json").read_text())
+    assert quality["counts"]["balanced"] and quality["ground_truth"]["pii"]["recall"] == 1.0
+    assert (root / "data/clean/README.md").read_text().startswith("---\n")
+    assert {"adapter", "merged"} <= {p.name for p in (root / "models/lora/arithmetic").iterdir()}
+    assert json.loads((root / "metrics/quantize.json").read_text())["file_size_ratio"] < 0.5
+    assert json.loads((root / "metrics/distill.json").read_text())["parameter_ratio"] < 1.0
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):
@@ -66,9 +77,19 @@ def test_second_repro_does_nothing(repo):
 
 def test_forced_rerun_gives_byte_identical_metrics(repo):
     root, env, _ = repo
-    before = {s: (root / f"metrics/{s}.json").read_bytes() for s in STAGES}
+    before = {s: (root / m).read_bytes() for s, m in METRICS.items()}
     _run(["dvc", "repro", "--force"], root, env)
-    assert {s: (root / f"metrics/{s}.json").read_bytes() for s in STAGES} == before
+    assert {s: (root / m).read_bytes() for s, m in METRICS.items()} == before
+
+
+def test_lora_experiment_reruns_only_what_is_downstream(repo):
+    root, env, _ = repo
+    out, err = _run(["dvc", "exp", "run", "-S", "lora.rank=4", "-n", "lora-rank-4"], root, env)
+    log = out + err
+    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill"):
+        assert f"Running stage '{stage}'" in log
+    for stage in ("sample", "prepare", "quality_gates", "train"):
+        assert f"Running stage '{stage}'" not in log
 
 
 def test_experiment_with_a_changed_param(repo):

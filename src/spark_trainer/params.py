@@ -231,10 +231,18 @@ class ModelParams(Section):
         return self
 
 
-class TrainParams(Section):
+class EfficiencyParams(Section):
+    gradient_checkpointing: bool
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16/fp16 on a GPU that has it, fp32 on CPU
+    attn_implementation: Literal["eager", "sdpa"]
+    early_stopping_patience: NonNegativeInt  # evaluations without improvement; 0 = off
+    eval_steps: PositiveInt                  # how often to evaluate when early stopping is on
+
+
+class LoopParams(Section):
+    """The training-loop settings that `train`, `lora` and `distill` share."""
+
     seed: NonNegativeInt
-    tokenizer: TokenizerParams
-    model: ModelParams
     block_size: Annotated[int, Field(ge=8)]
     batch_size: PositiveInt
     gradient_accumulation_steps: PositiveInt
@@ -247,6 +255,20 @@ class TrainParams(Section):
     logging_steps: PositiveInt
     save_steps: PositiveInt
     torch_threads: NonNegativeInt  # 0 keeps torch's own choice
+    efficiency: EfficiencyParams
+
+    @model_validator(mode="after")
+    def _early_stopping(self) -> LoopParams:
+        e = self.efficiency
+        if e.early_stopping_patience and self.save_steps % e.eval_steps:
+            raise ValueError("with early stopping, save_steps must be a multiple of efficiency.eval_steps "
+                             "(the best checkpoint is kept)")
+        return self
+
+
+class TrainParams(LoopParams):
+    tokenizer: TokenizerParams
+    model: ModelParams
 
     @model_validator(mode="after")
     def _block(self) -> TrainParams:
@@ -255,12 +277,62 @@ class TrainParams(Section):
         return self
 
 
+class SpecialisationParams(Section):
+    subjects: Annotated[StrTuple, Field(min_length=1)]  # training data: clean train items of these subjects
+
+
+class LoraParams(LoopParams):
+    specialisations: Annotated[dict[str, SpecialisationParams], Field(strict=False, min_length=1)]
+    rank: PositiveInt
+    alpha: Annotated[float, Field(gt=0)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    target_modules: StrTuple  # empty: every Linear projection of the architecture
+    qlora: bool               # 4-bit NF4 base through bitsandbytes
+
+
+class QuantizeParams(Section):
+    model: str = Field(min_length=1)  # the model folder to quantize (a dvc.yaml dep through templating)
+    method: Literal["bnb_nf4", "bnb_int8", "dynamic_int8"]
+    fallback: Literal["none", "bnb_nf4", "bnb_int8", "dynamic_int8"]  # none: an unsupported method is an error
+    eval_prompts: PositiveInt
+    max_new_tokens: PositiveInt
+    latency_repeats: PositiveInt
+
+
+class StudentParams(Section):
+    source: Literal["config", "pretrained"]
+    pretrained: str
+    hidden_size: MultipleOf64
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    intermediate_size: MultipleOf64
+
+    @model_validator(mode="after")
+    def _shapes(self) -> StudentParams:
+        if self.source == "pretrained" and not self.pretrained:
+            raise ValueError("source 'pretrained' needs pretrained: <hub id or local path>")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+        return self
+
+
+class DistillParams(LoopParams):
+    teacher: str = Field(min_length=1)  # the teacher model folder (a dvc.yaml dep through templating)
+    student: StudentParams
+    alpha: Annotated[float, Field(ge=0, le=1)]  # weight of the KL term; 1 - alpha weighs the CE
+    temperature: Annotated[float, Field(gt=0)]
+
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
     "prepare": PrepareParams,
     "quality_gates": QualityGatesParams,
     "train": TrainParams,
+    "lora": LoraParams,
+    "quantize": QuantizeParams,
+    "distill": DistillParams,
 }
 
 

@@ -103,7 +103,7 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
     run = client.create_run(experiment_id, run_name=stage, tags=tags)
     run_id = run.info.run_id
 
-    params = [Param(k, _param_value(v)) for k, v in sorted(as_flat_dict(section, stage).items())]
+    params = [Param(k, _param_value(v)) for k, v in sorted(as_flat_dict(section, stage.split("@")[0]).items())]
     metrics = [Metric(k, v, 0, 0) for k, v in sorted(flatten_numbers(_read_json(metrics_path)).items())]
     if step_metrics_dir:
         metrics += read_step_metrics(step_metrics_dir)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spark_trainer.params import TrainParams
+from spark_trainer.errors import ParamsError
+from spark_trainer.params import EfficiencyParams, LoopParams
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,37 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
         shutil.rmtree(child)
 
 
-def training_arguments(p: TrainParams, output_dir: Path):
+def precision_flags(mixed_precision: str) -> tuple[bool, bool]:
+    """(bf16, fp16) for the Trainer: `auto` picks bf16, else fp16, on a GPU, and fp32 on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if mixed_precision == "auto":
+        bf16 = cuda and torch.cuda.is_bf16_supported()
+        return bf16, cuda and not bf16
+    if mixed_precision == "fp16" and not cuda:
+        raise ParamsError("efficiency.mixed_precision: fp16 needs a CUDA GPU; use auto, fp32 or bf16 on CPU")
+    return mixed_precision == "bf16", mixed_precision == "fp16"
+
+
+def apply_efficiency(model, efficiency: EfficiencyParams) -> None:
+    """Settings that live on the model rather than in TrainingArguments."""
+    model.set_attn_implementation(efficiency.attn_implementation)
+    if efficiency.gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+
+
+def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False):
     import torch
     from transformers import TrainingArguments
 
+    bf16, fp16 = precision_flags(p.efficiency.mixed_precision)
+    early = evaluate and p.efficiency.early_stopping_patience > 0
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=p.max_steps,
         per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps,
         learning_rate=p.learning_rate,
         lr_scheduler_type=p.lr_scheduler,
@@ -78,7 +102,14 @@ def training_arguments(p: TrainParams, output_dir: Path):
         save_strategy="steps",
         save_steps=p.save_steps,
         save_total_limit=1,
-        eval_strategy="no",
+        eval_strategy="steps" if early else "no",
+        eval_steps=p.efficiency.eval_steps if early else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        gradient_checkpointing=p.efficiency.gradient_checkpointing,
+        bf16=bf16,
+        fp16=fp16,
         report_to=[],
         seed=p.seed,
         data_seed=p.seed,
@@ -125,24 +156,33 @@ def live_callback(live, tokens_per_step: int):
     return LiveCallback()
 
 
-def train_causal_lm(model, train_dataset, p: TrainParams, checkpoint_dir: Path, live_dir: Path | None,
-                    run_fingerprint: str, extra_callbacks: tuple = ()) -> TrainOutcome:
-    """Train `model` on packed blocks with the HF Trainer, resuming when possible."""
-    from transformers import Trainer, default_data_collator
+def train_causal_lm(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
+                    run_fingerprint: str, extra_callbacks: tuple = (), eval_dataset=None,
+                    trainer_class=None, trainer_kwargs: dict | None = None) -> TrainOutcome:
+    """Train `model` on packed blocks with the HF Trainer (or `trainer_class`, a subclass
+    with its own loss), resuming when possible. With early stopping on, `eval_dataset`
+    is evaluated every `efficiency.eval_steps` and the best checkpoint is kept."""
+    from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
+    apply_efficiency(model, p.efficiency)
     resume = resume_point(checkpoint_dir, run_fingerprint)
     if resume:
         log.info("resuming from %s", resume)
     tokens_per_step = p.batch_size * p.gradient_accumulation_steps * int(train_dataset.blocks.shape[1])
     callbacks = list(extra_callbacks)
+    early = eval_dataset is not None and p.efficiency.early_stopping_patience > 0
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.efficiency.early_stopping_patience))
     live = None
     if live_dir is not None:
         from dvclive import Live
 
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False)
         callbacks.insert(0, live_callback(live, tokens_per_step))
-    trainer = Trainer(model=model, args=training_arguments(p, checkpoint_dir), train_dataset=train_dataset,
-                      data_collator=default_data_collator, callbacks=callbacks)
+    trainer = (trainer_class or Trainer)(
+        model=model, args=training_arguments(p, checkpoint_dir, evaluate=early), train_dataset=train_dataset,
+        eval_dataset=eval_dataset if early else None, data_collator=default_data_collator, callbacks=callbacks,
+        **(trainer_kwargs or {}))
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -177,3 +217,23 @@ def unigram_loss(train_blocks, eval_blocks, vocab_size: int) -> float:
     total = sum(counts.values()) + vocab_size
     targets = eval_blocks[:, 1:].reshape(-1).tolist()
     return -sum(math.log((counts.get(t, 0) + 1) / total) for t in targets) / len(targets)
+
+
+def subject_losses(model, tokenizer, items: list[dict[str, Any]], block_size: int, batch_size: int) -> dict[str, float]:
+    """Mean next-token loss per subject on `items` (packed per subject; a subject with
+    less than one block of text is scored as one shorter block)."""
+    import torch
+
+    from spark_trainer.modeling.tokenizer import encode_documents
+
+    by_subject: dict[str, list[str]] = {}
+    for it in items:
+        by_subject.setdefault(it["metadata"]["subject"], []).append(it["text"])
+    losses = {}
+    for subject in sorted(by_subject):
+        stream = [t for doc in encode_documents(tokenizer, by_subject[subject]) for t in doc]
+        size = min(block_size, len(stream))
+        n = len(stream) // size
+        blocks = torch.tensor(stream[: n * size], dtype=torch.long).view(n, size)
+        losses[subject] = mean_loss(model, blocks, batch_size)
+    return losses

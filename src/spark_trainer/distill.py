@@ -1,0 +1,76 @@
+"""Knowledge distillation: a smaller student learns from a teacher's next-token distribution.
+
+    python stages/distill.py models/lora/arithmetic/merged data/clean models/distilled ...
+
+Loss = (1 - alpha) * CE(student, data) + alpha * T^2 * KL(teacher_T || student_T), where
+`_T` are the distributions at temperature T; T^2 keeps the KL gradients on the CE's scale.
+"""
+
+from __future__ import annotations
+
+from spark_trainer.params import ModelParams, StudentParams
+
+
+def build_student(cfg: StudentParams, teacher, tokenizer, seed: int):
+    """A student from the sizes in params (same vocabulary and context as the teacher),
+    or a pretrained one, which must share the teacher's vocabulary."""
+    from spark_trainer.errors import ModelSourceError
+    from spark_trainer.modeling import causal_lm
+
+    if cfg.source == "pretrained":
+        student = causal_lm.load_pretrained(cfg.pretrained)
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise ModelSourceError(f"student '{cfg.pretrained}' has vocab size {student.config.vocab_size}, the "
+                                   f"teacher {teacher.config.vocab_size}: distillation needs the same vocabulary")
+        return student
+    sizes = ModelParams(source="config", pretrained="", hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                        num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                        intermediate_size=cfg.intermediate_size,
+                        max_position_embeddings=teacher.config.max_position_embeddings)
+    return causal_lm.build_from_config(sizes, tokenizer, seed)
+
+
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
+    """(total, ce, kl) over next-token positions."""
+    import torch.nn.functional as F
+
+    s, t, y = student_logits[:, :-1].float(), teacher_logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1))
+    kl = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
+                  log_target=True, reduction="none").sum(-1).mean()
+    return (1 - alpha) * ce + alpha * temperature**2 * kl, ce, kl
+
+
+def distillation_trainer(teacher, alpha: float, temperature: float):
+    """A Trainer class whose loss is `distillation_loss` against the frozen teacher."""
+    import torch
+    from transformers import Trainer
+
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+
+    class DistillationTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(input_ids=inputs["input_ids"])
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=inputs["input_ids"]).logits
+            loss, _, _ = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], alpha, temperature)
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationTrainer
+
+
+def next_token_agreement(student, teacher, blocks, batch_size: int) -> float:
+    """Share of positions where the student's most likely next token is the teacher's."""
+    import torch
+
+    same = total = 0
+    with torch.no_grad():
+        for i in range(0, blocks.shape[0], batch_size):
+            batch = blocks[i:i + batch_size]
+            a = student(input_ids=batch).logits.argmax(-1)
+            b = teacher(input_ids=batch).logits.argmax(-1)
+            same += int((a == b).sum())
+            total += a.numel()
+    return same / total

@@ -1,0 +1,91 @@
+"""Train one LoRA (or QLoRA) adapter on the base model for one specialisation.
+
+    python stages/lora.py arithmetic models/base data/clean models/lora/arithmetic \\
+        checkpoints/lora/arithmetic plots/lora/arithmetic metrics/lora/arithmetic.json
+
+dvc.yaml runs it once per entry of `lora.specialisations` (foreach). Writes the adapter
+alone (`adapter/`) and the base with the adapter merged (`merged/`, Hugging Face layout).
+Metrics: the trainable-parameter fraction and val loss per subject before and after,
+as gain on the target subjects and forgetting on the others.
+"""
+
+import logging
+
+from spark_trainer import lora, tracking
+from spark_trainer.data.manifest import read_manifest
+from spark_trainer.errors import ParamsError
+from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
+from spark_trainer.outputs import atomic_path, write_metrics, write_timings
+from spark_trainer.params import LoraParams, load_section
+from spark_trainer.stage import Timer, entrypoint, path_args
+from spark_trainer.training import packing, trainer
+
+log = logging.getLogger("lora")
+
+
+@entrypoint
+def main() -> None:
+    args = path_args(__doc__, "name", "base", "data_dir", "out_dir", "checkpoints", "plots", "metrics")
+    p: LoraParams = load_section("lora")
+    name = str(args.name)
+    if name not in p.specialisations:
+        raise ParamsError(f"no specialisation '{name}' in lora.specialisations ({', '.join(p.specialisations)})")
+    subjects = set(p.specialisations[name].subjects)
+    if p.torch_threads:
+        import torch
+
+        torch.set_num_threads(p.torch_threads)
+    timer = Timer()
+
+    model = lora.load_base(args.base, p.qlora)
+    tok = load_pretrained(str(args.base))
+    train_items = [it for it in read_manifest(args.data_dir / "train.jsonl") if it["metadata"]["subject"] in subjects]
+    val_items = read_manifest(args.data_dir / "val.jsonl")
+    if not train_items:
+        raise ParamsError(f"lora.specialisations.{name}.subjects {sorted(subjects)} match no training items")
+    blocks = packing.pack(encode_documents(tok, [it["text"] for it in train_items]), p.block_size).blocks
+
+    with timer.phase("evaluate_before"):
+        before = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
+    model = lora.attach(model, p.rank, p.alpha, p.dropout, lora.resolve_target_modules(model, p.target_modules),
+                       p.seed)
+    trainable, total = lora.parameter_counts(model)
+    log.info("%s: %d of %d parameters trainable; %d blocks of %s", name, trainable, total, len(blocks), sorted(subjects))
+
+    run_fingerprint = trainer.fingerprint(name, p.model_dump(mode="json"), [it["checksum"] for it in train_items])
+    with timer.phase("train"):
+        outcome = trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
+                                          run_fingerprint)
+    with timer.phase("evaluate_after"):
+        after = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
+
+    with timer.phase("save"), atomic_path(args.out_dir) as tmp:
+        tmp.mkdir()
+        lora.save(model, args.base, tok, tmp)
+    trainer.clear_checkpoints(args.checkpoints)
+
+    others = sorted(set(before) - subjects)
+    targets = sorted(set(before) & subjects)
+    mean = lambda losses, keys: sum(losses[k] for k in keys) / len(keys) if keys else None  # noqa: E731
+    metrics = {
+        "specialisation": name,
+        "target_subjects": targets,
+        "qlora": p.qlora,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_fraction": trainable / total,
+        "steps": outcome.global_step,
+        "val_loss_before": before,
+        "val_loss_after": after,
+        "target_loss_before": mean(before, targets),
+        "target_loss_after": mean(after, targets),
+        "target_gain": mean(before, targets) - mean(after, targets),
+        "forgetting": mean(after, others) - mean(before, others) if others else None,
+    }
+    write_metrics(args.metrics, metrics)
+    write_timings(args.metrics, timer.total())
+    tracking.mirror_stage(f"lora@{name}", p, args.metrics, step_metrics_dir=args.plots)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Quantize the model named in `quantize.model` and measure what it costs.
+
+    python stages/quantize.py models/lora/arithmetic/merged data/clean models/quantized metrics/quantize.json
+
+The output reloads through `spark_trainer.quantize.load_quantized`. Metrics: on-disk and
+in-memory size against fp32, val perplexity before and after, greedy-output agreement
+with the unquantized model on a fixed prompt set. Forward latency goes to the timings file.
+"""
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from spark_trainer import quantize, tracking
+from spark_trainer.data.manifest import read_manifest
+from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
+from spark_trainer.outputs import atomic_path, write_metrics, write_timings
+from spark_trainer.params import QuantizeParams, load_section
+from spark_trainer.stage import Timer, entrypoint, path_args
+from spark_trainer.training import packing, trainer
+
+EVAL_BLOCK = 128
+
+
+@entrypoint
+def main() -> None:
+    args = path_args(__doc__, "model_dir", "data_dir", "out_dir", "metrics")
+    p: QuantizeParams = load_section("quantize")
+    method = quantize.choose_method(p.method, p.fallback)
+    timer = Timer()
+
+    reference = causal_lm.load_pretrained(str(args.model_dir), produced_by="lora").float().eval()
+    tok = load_pretrained(str(args.model_dir))
+    with timer.phase("quantize"), atomic_path(args.out_dir) as tmp:
+        quantize.save_quantized(quantize.quantize(args.model_dir, method), method, tok, tmp)
+    quantized = quantize.load_quantized(args.out_dir)
+
+    with tempfile.TemporaryDirectory() as fp32_dir:
+        reference.save_pretrained(fp32_dir)
+        fp32_file = quantize.files_bytes(Path(fp32_dir))
+    val_items = sorted(read_manifest(args.data_dir / "val.jsonl"), key=lambda it: it["id"])
+    blocks = packing.pack(encode_documents(tok, [it["text"] for it in val_items]), EVAL_BLOCK).blocks
+    prompts = [it["text"].split("\nAnswer:")[0] + "\nAnswer:" for it in val_items
+               if it["text"].startswith("Question:")][: p.eval_prompts]
+
+    with timer.phase("evaluate"):
+        loss_fp32 = trainer.mean_loss(reference, blocks, 16)
+        loss_q = trainer.mean_loss(quantized, blocks, 16)
+        agreement = quantize.greedy_agreement(reference, quantized, tok, prompts, p.max_new_tokens)
+
+    fp32_memory, q_memory = quantize.state_dict_bytes(reference), quantize.state_dict_bytes(quantized)
+    q_file = quantize.files_bytes(args.out_dir)
+    metrics = {
+        "method": method,
+        "method_requested": p.method,
+        "fp32_file_bytes": fp32_file,
+        "quantized_file_bytes": q_file,
+        "file_size_ratio": q_file / fp32_file,
+        "fp32_memory_bytes": fp32_memory,
+        "quantized_memory_bytes": q_memory,
+        "memory_ratio": q_memory / fp32_memory,
+        "val_perplexity_fp32": float(torch.exp(torch.tensor(loss_fp32))),
+        "val_perplexity_quantized": float(torch.exp(torch.tensor(loss_q))),
+        "val_perplexity_change": float(torch.exp(torch.tensor(loss_q - loss_fp32))) - 1.0,
+        "greedy_token_agreement": agreement["token_agreement"],
+        "greedy_exact_match": agreement["exact_match"],
+        "prompts": len(prompts),
+    }
+    write_metrics(args.metrics, metrics)
+    write_timings(args.metrics, {**timer.total(), **forward_latency_ms(reference, quantized, blocks[:16],
+                                                                         p.latency_repeats)})
+    tracking.mirror_stage("quantize", p, args.metrics)
+
+
+def forward_latency_ms(reference, quantized, batch, repeats: int) -> dict[str, float]:
+    out = {}
+    for name, model in (("fp32", reference), ("quantized", quantized)):
+        with torch.no_grad():
+            model(input_ids=batch)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                model(input_ids=batch)
+        out[f"forward_ms_{name}"] = (time.perf_counter() - t0) / repeats * 1000
+    return out
+
+
+if __name__ == "__main__":
+    main()
