@@ -63,16 +63,22 @@ def test_unreachable_server_fails_the_stage_when_strict(project, monkeypatch):
 
 
 def test_sync_mirrors_metrics_with_the_lock_deps_hash(project):
+    from dvc.repo import Repo
+
     metrics, _ = _stage_files(project)
+    Repo.init(str(project), no_scm=True)
     (project / "dvc.yaml").write_text(
         "stages:\n  train:\n    cmd: python x.py\n    metrics:\n    - metrics/train.json:\n        cache: false\n"
         "    plots:\n    - plots/train/plots/metrics:\n        cache: false\n"
-        "  prepare:\n    cmd: python y.py\n    metrics:\n    - metrics/prepare.json\n")
+        "  prepare:\n    cmd: python y.py\n    metrics:\n    - metrics/prepare.json\n"
+        "  lora:\n    foreach: [a]\n    do:\n      cmd: python z.py ${item}\n      metrics:\n"
+        "      - metrics/lora/${item}.json:\n          cache: false\n")
     (project / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  train:\n    cmd: python x.py\n    deps:\n    - path: x.py\n      md5: 0123\n")
     outcome = tracking.sync_all()
     assert outcome["train"].startswith("run ")
     assert "metrics/prepare.json not found" in outcome["prepare"]
+    assert "metrics/lora/a.json not found" in outcome["lora@a"]
     (run,) = _runs(project)
     assert run.data.tags["spark_trainer.mirrored_by"] == "sync"
     assert run.data.tags["dvc.deps_hash"] == tracking.deps_hash_from_entries([{"path": "x.py", "md5": "0123"}])

@@ -250,24 +250,29 @@ def _redact(uri: str) -> str:
 # ------------------------------------------------------------------ sync after the fact
 
 
-def sync_all(dvc_yaml: str | Path = "dvc.yaml", params_path: str | Path = "params.yaml") -> dict[str, str]:
-    """Mirror every stage's metrics file into MLflow (one run per stage), for stages
-    that ran while the tracking server was down. Returns {stage: outcome}."""
+def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
+    """Mirror every stage's metrics file into MLflow (one run per stage, `foreach`
+    stages included), for stages that ran while the tracking server was down.
+    Returns {stage: outcome}."""
+    from dvc.repo import Repo
+
     from spark_trainer.params import SECTIONS, load_section
 
     settings: TrackingParams = load_section("tracking", params_path)  # type: ignore[assignment]
+    with Repo(".") as repo:  # DVC resolves foreach and templating into concrete stages
+        stages = [(st.addressing, [o.def_path for o in st.outs if o.metric], [o.def_path for o in st.outs if o.plot])
+                  for st in repo.index.stages if getattr(st, "cmd", None)]
     outcome: dict[str, str] = {}
-    for stage, spec in (read_yaml(dvc_yaml).get("stages") or {}).items():
-        metrics = [next(iter(m)) if isinstance(m, dict) else m for m in spec.get("metrics", [])]
-        if stage not in SECTIONS or not metrics:
+    for stage, metrics, plots in stages:
+        section = stage.split("@")[0]
+        if section not in SECTIONS or not metrics:
             outcome[stage] = "skipped: no params section or metrics file"
             continue
         if not Path(metrics[0]).is_file():
             outcome[stage] = f"skipped: {metrics[0]} not found (run `dvc repro {stage}`)"
             continue
-        plots = [next(iter(p)) if isinstance(p, dict) else p for p in spec.get("plots", [])]
         live_dirs = [Path(p).parent.parent for p in plots if Path(p).parts[-2:] == ("plots", "metrics")]
-        run_id = mirror_stage(stage, load_section(stage, params_path), metrics[0], settings=settings,
+        run_id = mirror_stage(stage, load_section(section, params_path), metrics[0], settings=settings,
                               step_metrics_dir=live_dirs[0] if live_dirs else None, mirrored_by="sync",
                               deps_hash=lock_deps_hash(stage) or "")
         outcome[stage] = f"run {run_id}" if run_id else "failed (see warning)"
