@@ -39,6 +39,7 @@ SMOKE_OVERRIDES = {
               "save_steps": 8},
     "lora": {"block_size": 64, "batch_size": 8,
              "max_steps": 8, "warmup_steps": 1, "logging_steps": 4, "save_steps": 4},
+    "evaluate_mmlu": {"batch_size": 8},
     "quantize": {"eval_prompts": 4, "max_new_tokens": 4, "latency_repeats": 1},
     "distill": {"student": {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
                             "intermediate_size": 64},

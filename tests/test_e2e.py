@@ -15,7 +15,9 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "quality_gates": "metrics/quality_gates.json", "train": "metrics/train.json",
            "lora@arithmetic": "metrics/lora/arithmetic.json", "lora@world_facts": "metrics/lora/world_facts.json",
            "quantize": "metrics/quantize.json",
-           "distill": "metrics/distill.json"}
+           "distill": "metrics/distill.json",
+           **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
+              for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
 
 
@@ -55,6 +57,9 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     assert {"adapter", "merged"} <= {p.name for p in (root / "models/lora/arithmetic").iterdir()}
     assert json.loads((root / "metrics/quantize.json").read_text())["file_size_ratio"] < 0.5
     assert json.loads((root / "metrics/distill.json").read_text())["parameter_ratio"] < 1.0
+    scores = json.loads((root / "metrics/evaluate_mmlu/quantized.json").read_text())
+    assert {"continuation", "letter"} <= set(scores) and 0 <= scores["continuation"]["acc"]["overall"]["acc"] <= 1
+    assert (root / "metrics/evaluate_mmlu/base.predictions.jsonl").is_file()
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):
@@ -86,9 +91,9 @@ def test_lora_experiment_reruns_only_what_is_downstream(repo):
     root, env, _ = repo
     out, err = _run(["dvc", "exp", "run", "-S", "lora.rank=4", "-n", "lora-rank-4"], root, env)
     log = out + err
-    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill"):
+    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized"):
         assert f"Running stage '{stage}'" in log
-    for stage in ("sample", "prepare", "quality_gates", "train"):
+    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base"):
         assert f"Running stage '{stage}'" not in log
 
 

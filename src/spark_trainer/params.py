@@ -324,6 +324,18 @@ class DistillParams(LoopParams):
     temperature: Annotated[float, Field(gt=0)]
 
 
+class EvaluateMmluParams(Section):
+    models: Annotated[dict[str, str], Field(strict=False, min_length=1)]  # name -> model folder (dvc foreach)
+    source: str = Field(min_length=1)  # a folder in the MMLU CSV layout, or a hub dataset id (cais/mmlu)
+    hub_subjects: StrTuple             # subjects to fetch when source is a hub id
+    formats: Annotated[tuple[Literal["letter", "continuation"], ...], Field(strict=False, min_length=1)]
+    num_fewshot: NonNegativeInt
+    short_dev: Literal["error", "reduce"]  # a subject with fewer than num_fewshot dev questions
+    batch_size: PositiveInt
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
+    categories: Annotated[dict[str, str], Field(strict=False)]  # subject -> category; others are "other"
+
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
@@ -333,6 +345,7 @@ SECTIONS: dict[str, type[Section]] = {
     "lora": LoraParams,
     "quantize": QuantizeParams,
     "distill": DistillParams,
+    "evaluate_mmlu": EvaluateMmluParams,
 }
 
 

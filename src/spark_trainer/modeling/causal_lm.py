@@ -48,3 +48,12 @@ def load_pretrained(name_or_path: str, produced_by: str | None = None):
 
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_for_inference(path: str | Path, produced_by: str | None = None):
+    """Any model a stage of this project wrote: plain (Hugging Face layout) or quantized."""
+    from spark_trainer import quantize
+
+    if (Path(path) / quantize.MARKER).is_file():
+        return quantize.load_quantized(path)
+    return load_pretrained(str(path), produced_by=produced_by).eval()

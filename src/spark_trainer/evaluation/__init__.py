@@ -1,0 +1,1 @@
+"""Evaluation: MMLU scoring identical to lm-evaluation-harness, and calibration."""

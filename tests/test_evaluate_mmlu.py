@@ -1,0 +1,161 @@
+"""Our MMLU scorer against lm-evaluation-harness on the same tiny model and local data."""
+
+import csv
+import json
+
+import pytest
+
+from spark_trainer.data.sample import SUBJECTS, generate, mmlu_csv
+from spark_trainer.errors import InputDataError
+from spark_trainer.evaluation import calibration, mmlu
+from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling.tokenizer import encode_documents, train_bpe
+from spark_trainer.params import validate_section
+from spark_trainer.training import packing, trainer
+from tests.conftest import deep_merge, smoke_params
+
+PLANTED = {"exact_duplicates": 0, "near_duplicates": 0, "pii": 0, "toxic": 0}
+# lm-eval's own MMLU templates (tasks/mmlu/default and tasks/mmlu/continuation), pointed at local JSON files.
+LETTER_TASK = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files: {{dev: {dev}, test: {test}}}
+test_split: test
+fewshot_split: dev
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+description: "The following are multiple choice questions (with answers) about {name}.\\n\\n"
+doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+CONTINUATION_TASK = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files: {{dev: {dev}, test: {test}}}
+test_split: test
+fewshot_split: dev
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+description: "The following are questions (with answers) about {name}.\\n\\n"
+doc_to_text: "Question: {{{{question.strip()}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mmlu")
+    data = generate(5, SUBJECTS, 60, 8, 2, 6, 5, 12, PLANTED)
+    for subject, splits in data.mmlu.items():
+        for split, rows in splits.items():
+            (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
+            (root / "mmlu" / split / f"{subject}_{split}.csv").write_text(mmlu_csv(rows))
+    p = validate_section("train", deep_merge(smoke_params()["train"], {"max_steps": 60, "save_steps": 100}))
+    texts = [d["text"] for d in data.corpus]
+    tok = train_bpe(texts, p.tokenizer.vocab_size, p.tokenizer.min_frequency)
+    model = causal_lm.build_from_config(p.model, tok, p.seed)
+    trainer.train_causal_lm(model, packing.BlockDataset(packing.pack(encode_documents(tok, texts), p.block_size).blocks),
+                            p, root / "ckpt", None, "mmlu")
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root
+
+
+def _lm_eval_predictions(root, fmt, k):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir = root / f"tasks_{fmt}"
+    tasks_dir.mkdir(exist_ok=True)
+    names = []
+    for subject in SUBJECTS:
+        files = {}
+        for split in ("dev", "test"):
+            rows = list(csv.reader((root / "mmlu" / split / f"{subject}_{split}.csv").open()))
+            path = tasks_dir / f"{subject}_{split}.jsonl"
+            path.write_text("".join(json.dumps({"question": r[0], "choices": r[1:5], "answer": "ABCD".index(r[5])}) + "\n"
+                                    for r in rows))
+            files[split] = path
+        task = f"spark_{fmt}_{subject}"
+        template = LETTER_TASK if fmt == "letter" else CONTINUATION_TASK
+        (tasks_dir / f"{task}.yaml").write_text(template.format(task=task, dev=files["dev"], test=files["test"],
+                                                                name=subject.replace("_", " ")))
+        names.append(task)
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={root / 'model'},dtype=float32", tasks=names,
+                                  num_fewshot=k, batch_size=4, log_samples=True, device="cpu",
+                                  task_manager=TaskManager(include_path=str(tasks_dir)))
+    predictions = {}
+    for subject, task in zip(SUBJECTS, names, strict=True):
+        for sample in out["samples"][task]:
+            lls = [r[0] for r in sample["filtered_resps"]]
+            predictions[(subject, sample["doc_id"])] = lls
+    return predictions
+
+
+@pytest.mark.parametrize(("fmt", "k"), [("letter", 2), ("continuation", 0), ("continuation", 3)])
+def test_every_prediction_matches_lm_eval(setup, fmt, k):
+    model = causal_lm.load_for_inference(setup / "model")
+    from spark_trainer.modeling.tokenizer import load_pretrained
+
+    tok = load_pretrained(str(setup / "model"))
+    dev, test = mmlu.load_local(setup / "mmlu")
+    ours = {(r["subject"], r["index"]): r for r in mmlu.evaluate(model, tok, dev, test, fmt, k, 7)}
+    theirs = _lm_eval_predictions(setup, fmt, k)
+    assert set(ours) == set(theirs) and len(ours) == 48
+    for key, lls in theirs.items():
+        record = ours[key]
+        assert record["prediction"] == max(range(4), key=lambda i: (lls[i], -i)), key
+        assert record["loglikelihoods"] == pytest.approx(lls, abs=1e-4), key
+    # A constant model would make the comparison meaningless. In the letter format a tiny
+    # model picks one letter throughout (as the README says), but its scores still vary.
+    assert len({tuple(round(x, 3) for x in r["loglikelihoods"]) for r in ours.values()}) > 40
+    if fmt == "continuation":
+        assert len({r["prediction"] for r in ours.values()}) > 1
+
+
+def test_prompt_layout_is_lm_evals():
+    q = mmlu.Question("world_facts", 0, " Who rules Zor? ", ("A1", "B1", "C1", "D1"), 2)
+    shot = mmlu.Question("world_facts", 1, "What does Zor trade?", ("salt", "wool", "silk", "iron"), 1)
+    assert mmlu.context(q, [shot], "letter") == (
+        "The following are multiple choice questions (with answers) about world facts.\n\n"
+        "What does Zor trade?\nA. salt\nB. wool\nC. silk\nD. iron\nAnswer: B\n\n"
+        "Who rules Zor?\nA. A1\nB. B1\nC. C1\nD. D1\nAnswer:")
+    assert mmlu.context(q, [shot], "continuation") == (
+        "The following are questions (with answers) about world facts.\n\n"
+        "Question: What does Zor trade?\nAnswer: wool\n\n"
+        "Question: Who rules Zor?\nAnswer:")
+    assert mmlu.continuations(q, "continuation") == [" A1", " B1", " C1", " D1"]
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "x_test.csv").write_text('q1,a,b,c,d,A\n"q2",a,b,c,E\n')
+    with pytest.raises(InputDataError, match=r"x_test.csv, line 2: expected 6 columns"):
+        mmlu.load_local(tmp_path)
+    (tmp_path / "test" / "x_test.csv").write_text("q1,a,b,c,d,A\nq2,a,b,c,d,E\n")
+    with pytest.raises(InputDataError, match=r"x_test.csv, line 2: answer must be one of A, B, C, D, got 'E'"):
+        mmlu.load_local(tmp_path)
+    with pytest.raises(InputDataError, match="no <subject>_test.csv"):
+        mmlu.load_local(tmp_path / "nothing")
+
+
+def test_calibration_and_summary():
+    records = [{"subject": "s", "prediction": 0, "answer": 0, "correct": True, "probabilities": [0.95, 0.05, 0, 0]},
+               {"subject": "s", "prediction": 1, "answer": 0, "correct": False, "probabilities": [0.1, 0.9, 0, 0]},
+               {"subject": "t", "prediction": 2, "answer": 2, "correct": True, "probabilities": [0.2, 0.2, 0.4, 0.2]}]
+    ece, bins = calibration.reliability(records, 10)
+    assert [b["count"] for b in bins] == [1, 2]
+    assert ece == pytest.approx((1 * abs(1 - 0.4) + 2 * abs(0.5 - 0.925)) / 3)
+    summary = mmlu.summarise(records, {"s": "stem"})
+    assert summary["acc"]["overall"]["acc"] == pytest.approx(2 / 3)
+    assert summary["acc"]["categories"] == {"other": {"acc": 1.0, "acc_stderr": 0.0, "n": 1},
+                                            "stem": {"acc": 0.5, "acc_stderr": 0.5, "n": 2}}
