@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_trainer.errors import TrackingError
-from spark_trainer.params import Section, TrackingParams, as_flat_dict, load_section, read_yaml
+from spark_trainer.params import Section, TrackingParams, as_flat_dict, load_section
 
 log = logging.getLogger(__name__)
 
