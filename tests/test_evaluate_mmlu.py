@@ -1,13 +1,10 @@
 """Our MMLU scorer against lm-evaluation-harness on the same tiny model and local data."""
 
-import csv
-import json
-
 import pytest
 
 from spark_trainer.data.sample import SUBJECTS, generate, mmlu_csv
 from spark_trainer.errors import InputDataError
-from spark_trainer.evaluation import calibration, mmlu
+from spark_trainer.evaluation import calibration, lm_eval_tasks, mmlu
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import encode_documents, train_bpe
 from spark_trainer.params import validate_section
@@ -15,40 +12,6 @@ from spark_trainer.training import packing, trainer
 from tests.conftest import deep_merge, smoke_params
 
 PLANTED = {"exact_duplicates": 0, "near_duplicates": 0, "pii": 0, "toxic": 0}
-# lm-eval's own MMLU templates (tasks/mmlu/default and tasks/mmlu/continuation), pointed at local JSON files.
-LETTER_TASK = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files: {{dev: {dev}, test: {test}}}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-description: "The following are multiple choice questions (with answers) about {name}.\\n\\n"
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-CONTINUATION_TASK = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files: {{dev: {dev}, test: {test}}}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-description: "The following are questions (with answers) about {name}.\\n\\n"
-doc_to_text: "Question: {{{{question.strip()}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 @pytest.fixture(scope="module")
@@ -70,37 +33,6 @@ def setup(tmp_path_factory):
     return root
 
 
-def _lm_eval_predictions(root, fmt, k):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = root / f"tasks_{fmt}"
-    tasks_dir.mkdir(exist_ok=True)
-    names = []
-    for subject in SUBJECTS:
-        files = {}
-        for split in ("dev", "test"):
-            rows = list(csv.reader((root / "mmlu" / split / f"{subject}_{split}.csv").open()))
-            path = tasks_dir / f"{subject}_{split}.jsonl"
-            path.write_text("".join(json.dumps({"question": r[0], "choices": r[1:5], "answer": "ABCD".index(r[5])}) + "\n"
-                                    for r in rows))
-            files[split] = path
-        task = f"spark_{fmt}_{subject}"
-        template = LETTER_TASK if fmt == "letter" else CONTINUATION_TASK
-        (tasks_dir / f"{task}.yaml").write_text(template.format(task=task, dev=files["dev"], test=files["test"],
-                                                                name=subject.replace("_", " ")))
-        names.append(task)
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={root / 'model'},dtype=float32", tasks=names,
-                                  num_fewshot=k, batch_size=4, log_samples=True, device="cpu",
-                                  task_manager=TaskManager(include_path=str(tasks_dir)))
-    predictions = {}
-    for subject, task in zip(SUBJECTS, names, strict=True):
-        for sample in out["samples"][task]:
-            lls = [r[0] for r in sample["filtered_resps"]]
-            predictions[(subject, sample["doc_id"])] = lls
-    return predictions
-
-
 @pytest.mark.parametrize(("fmt", "k"), [("letter", 2), ("continuation", 0), ("continuation", 3)])
 def test_every_prediction_matches_lm_eval(setup, fmt, k):
     model = causal_lm.load_for_inference(setup / "model")
@@ -109,8 +41,9 @@ def test_every_prediction_matches_lm_eval(setup, fmt, k):
     tok = load_pretrained(str(setup / "model"))
     dev, test = mmlu.load_local(setup / "mmlu")
     ours = {(r["subject"], r["index"]): r for r in mmlu.evaluate(model, tok, dev, test, fmt, k, 7)}
-    theirs = _lm_eval_predictions(setup, fmt, k)
+    theirs = lm_eval_tasks.run(setup / "model", setup / "mmlu", setup, fmt, k, batch_size=4)
     assert set(ours) == set(theirs) and len(ours) == 48
+    assert lm_eval_tasks.predictions_match(list(ours.values()), theirs) == []
     for key, lls in theirs.items():
         record = ours[key]
         assert record["prediction"] == max(range(4), key=lambda i: (lls[i], -i)), key

@@ -129,48 +129,89 @@ def max_length(model, tokenizer) -> int:
 
 def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], limit: int, batch_size: int) -> list[float]:
     """Sum of continuation log-probabilities for each (context ids, continuation ids).
-    Inputs are left-truncated to `limit` tokens and right-padded in batches; longest first,
-    so a batch wastes little on padding."""
+
+    Inputs are left-truncated to `limit` tokens. Requests whose model input is the same
+    (the four one-token letters of a question) share one forward pass. Inputs run
+    right-padded in batches, longest first, so a batch wastes little on padding."""
     import torch
     import torch.nn.functional as F
 
-    inputs = []
-    for ctx_ids, cont_ids in requests:
+    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    for i, (ctx_ids, cont_ids) in enumerate(requests):
         full = (ctx_ids + cont_ids)[-(limit + 1):]
-        inputs.append((full[:-1], cont_ids))
-    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))
-    out = [0.0] * len(inputs)
+        groups.setdefault(tuple(full[:-1]), []).append((i, cont_ids))
+    inputs = sorted(groups, key=lambda ids: -len(ids))
+    out = [0.0] * len(requests)
     device = next(model.parameters()).device
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(inputs[i][0]) for i in chunk)
-            batch = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                ids = inputs[i][0]
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            batch = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
+            for row, ids in enumerate(chunk):
                 batch[row, : len(ids)] = torch.tensor(ids)
             logprobs = F.log_softmax(model(input_ids=batch.to(device)).logits.float(), dim=-1)
-            for row, i in enumerate(chunk):
-                ids, cont = inputs[i]
-                positions = torch.arange(len(ids) - len(cont), len(ids))
-                targets = torch.tensor(cont)
-                out[i] = float(logprobs[row, positions.to(device), targets.to(device)].sum())
+            for row, ids in enumerate(chunk):
+                for i, cont in groups[ids]:
+                    positions = torch.arange(len(ids) - len(cont), len(ids), device=device)
+                    out[i] = float(logprobs[row, positions, torch.tensor(cont, device=device)].sum())
     return out
+
+
+def shared_context_loglikelihoods(model, ctx_ids: list[int], conts: list[list[int]], limit: int) -> list[float] | None:
+    """The choices of one question share its context: encode the context once and run
+    only the continuations on its KV cache. None when left truncation would cut the
+    context differently for different choices (then each is scored whole)."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(ctx_ids) + max(len(c) for c in conts) > limit + 1:
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True)
+        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
+        lls = [float(first[c[0]]) for c in conts]
+        width = max(len(c) for c in conts) - 1
+        if width == 0:
+            return lls
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(conts))
+        batch = torch.zeros(len(conts), width, dtype=torch.long, device=device)
+        for row, c in enumerate(conts):
+            batch[row, : len(c) - 1] = torch.tensor(c[:-1], device=device)
+        logprobs = F.log_softmax(model(input_ids=batch, past_key_values=cache).logits.float(), dim=-1)
+        for row, c in enumerate(conts):
+            for t in range(1, len(c)):
+                lls[row] += float(logprobs[row, t - 1, c[t]])
+    return lls
 
 
 def evaluate(model, tokenizer, dev: dict[str, list[Question]], test: dict[str, list[Question]], fmt: str,
              k: int, batch_size: int) -> list[dict[str, Any]]:
     """One record per test question: log-likelihoods, probabilities, prediction(s)."""
     limit = max_length(model, tokenizer)
-    requests, owners = [], []
+    pairs, owners = [], []
     for subject in sorted(test):
         shots = dev[subject][:k]
         for q in test[subject]:
             ctx = context(q, shots, fmt)
-            for choice in continuations(q, fmt):
-                requests.append(encode_pair(tokenizer, ctx, choice))
+            pairs.append([encode_pair(tokenizer, ctx, choice) for choice in continuations(q, fmt)])
             owners.append(q)
-    lls = loglikelihoods(model, requests, limit, batch_size)
+    lls: list[float] = [0.0] * (4 * len(owners))
+    batched = []  # (position, request) for questions scored in shared batches
+    for n, question_pairs in enumerate(pairs):
+        single_token = all(len(cont) == 1 for _, cont in question_pairs)
+        same_context = len({tuple(ctx) for ctx, _ in question_pairs}) == 1
+        shared = None
+        if same_context and not single_token:
+            shared = shared_context_loglikelihoods(model, question_pairs[0][0], [c for _, c in question_pairs], limit)
+        if shared is None:
+            batched += [(4 * n + j, pair) for j, pair in enumerate(question_pairs)]
+        else:
+            lls[4 * n: 4 * n + 4] = shared
+    for (position, _), value in zip(batched, loglikelihoods(model, [pair for _, pair in batched], limit, batch_size),
+                                    strict=True):
+        lls[position] = value
     records = []
     for n, q in enumerate(owners):
         ll = lls[4 * n: 4 * n + 4]
