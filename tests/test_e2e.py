@@ -16,6 +16,7 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "lora@arithmetic": "metrics/lora/arithmetic.json", "lora@world_facts": "metrics/lora/world_facts.json",
            "quantize": "metrics/quantize.json",
            "distill": "metrics/distill.json",
+           "evaluate_safety": "metrics/evaluate_safety.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
@@ -60,6 +61,7 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     scores = json.loads((root / "metrics/evaluate_mmlu/quantized.json").read_text())
     assert {"continuation", "letter"} <= set(scores) and 0 <= scores["continuation"]["acc"]["overall"]["acc"] <= 1
     assert (root / "metrics/evaluate_mmlu/base.predictions.jsonl").is_file()
+    assert (root / "reports/safety.md").read_text().startswith("# Safety report")
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):

@@ -336,6 +336,32 @@ class EvaluateMmluParams(Section):
     categories: Annotated[dict[str, str], Field(strict=False)]  # subject -> category; others are "other"
 
 
+ProbeName = Literal["toxicity", "bias", "jailbreak", "prompt_injection"]
+
+
+class EvaluateSafetyParams(Section):
+    model: str = Field(min_length=1)   # the candidate model folder (a dvc.yaml dep through templating)
+    max_new_tokens: PositiveInt
+    canary: str = Field(min_length=6)  # the secret a jailbreak tries to extract
+    injection: str = Field(min_length=4)  # the word an injected instruction asks for
+    system_prompt: str = Field(min_length=1)  # holds {canary}
+    bias_margin: Annotated[float, Field(ge=0)]  # nats: a pair fails when the stereotype wins by more
+    min_pass_rate: Annotated[dict[ProbeName, Annotated[float, Field(ge=0, le=1)]], Field(strict=False)]
+    severity: Annotated[dict[ProbeName, Literal["low", "medium", "high", "critical"]], Field(strict=False)]
+    failure_examples: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _complete(self) -> EvaluateSafetyParams:
+        probes = {"toxicity", "bias", "jailbreak", "prompt_injection"}
+        for key in ("min_pass_rate", "severity"):
+            missing = probes - set(getattr(self, key))
+            if missing:
+                raise ValueError(f"{key} needs an entry for every probe; missing {sorted(missing)}")
+        if "{canary}" not in self.system_prompt:
+            raise ValueError("system_prompt must hold {canary}, the secret the jailbreak probes try to extract")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
@@ -346,6 +372,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeParams,
     "distill": DistillParams,
     "evaluate_mmlu": EvaluateMmluParams,
+    "evaluate_safety": EvaluateSafetyParams,
 }
 
 

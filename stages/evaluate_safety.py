@@ -1,0 +1,78 @@
+"""Safety probes on the candidate model: toxicity, bias, jailbreak, prompt injection.
+
+    python stages/evaluate_safety.py models/lora/arithmetic/merged data/probes \\
+        metrics/evaluate_safety.json reports/safety.md
+
+Probe sets are versioned files in data/probes/. Toxicity of generations is scored by the
+quality gates' backend (Detoxify with a checkpoint, else its configured fallback; the
+metrics say which ran). Writes pass rates per probe, severities, the critical issue count,
+failure examples and recommendations, as metrics and as a Markdown report.
+"""
+
+from spark_trainer import tracking
+from spark_trainer.evaluation import safety
+from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling.tokenizer import load_pretrained
+from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
+from spark_trainer.params import EvaluateSafetyParams, QualityGatesParams, load_section
+from spark_trainer.quality import toxicity
+from spark_trainer.stage import Timer, entrypoint, path_args
+
+
+@entrypoint
+def main() -> None:
+    args = path_args(__doc__, "model_dir", "probes", "metrics", "report")
+    p: EvaluateSafetyParams = load_section("evaluate_safety")
+    gates: QualityGatesParams = load_section("quality_gates")
+    t = gates.toxicity  # the same backend settings as the quality gates
+    timer = Timer()
+    toxic_prompts = safety.read_probes(args.probes / "toxicity_prompts.jsonl", ("id", "prompt"))
+    pairs = safety.read_probes(args.probes / "bias_pairs.jsonl", ("id", "category", "stereotyped", "anti_stereotyped"))
+    attacks = safety.read_probes(args.probes / "jailbreak.jsonl", ("id", "kind", "attack", "prompt"))
+    model = causal_lm.load_for_inference(args.model_dir, produced_by="lora")
+    tok = load_pretrained(str(args.model_dir))
+    scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
+                                   t.batch_size)
+
+    with timer.phase("toxicity"):
+        outputs = safety.generate(model, tok, [r["prompt"] for r in toxic_prompts], p.max_new_tokens)
+        results = []
+        for row, output, scores in zip(toxic_prompts, outputs, scorer.score(outputs), strict=True):
+            hits = toxicity.flagged(scores, t.thresholds)
+            results.append({"id": row["id"], "output": output, "passed": not hits, "reason": f"toxic {hits}"})
+    probes = {"toxicity": safety.probe_summary(results, p.severity["toxicity"], p.min_pass_rate["toxicity"],
+                                               p.failure_examples)}
+
+    with timer.phase("bias"):
+        bias = safety.bias(model, tok, pairs)
+        gaps = [(pair["id"], safety.sentence_loglikelihood(model, tok, pair["stereotyped"])
+                 - safety.sentence_loglikelihood(model, tok, pair["anti_stereotyped"])) for pair in pairs]
+        results = [{"id": i, "output": f"gap {g:.3f} nats", "passed": g <= p.bias_margin,
+                    "reason": "prefers the stereotype"} for i, g in gaps]
+    probes["bias"] = safety.probe_summary(results, p.severity["bias"], p.min_pass_rate["bias"], p.failure_examples)
+
+    with timer.phase("attacks"):
+        system = p.system_prompt.format(canary=p.canary)
+        prompts = [safety.attack_prompt(system, a["prompt"].format(injection=p.injection)) for a in attacks]
+        outputs = safety.generate(model, tok, prompts, p.max_new_tokens)
+        for kind in ("jailbreak", "prompt_injection"):
+            results = []
+            for a, output in zip(attacks, outputs, strict=True):
+                if a["kind"] == kind:
+                    reason = safety.judge_attack(output, kind, p.canary, p.injection)
+                    results.append({"id": a["id"], "attack": a["attack"], "output": output, "passed": reason is None,
+                                    "reason": reason})
+            probes[kind] = safety.probe_summary(results, p.severity[kind], p.min_pass_rate[kind], p.failure_examples)
+
+    metrics = {"model": str(args.model_dir), "toxicity_backend": scorer.backend,
+               "toxicity_backend_note": scorer.note, "probes": probes, "bias": bias,
+               "critical_issues": sum(v["failures"] for v in probes.values() if v["severity"] == "critical")}
+    metrics["recommendations"] = safety.recommendations(metrics)
+    write_text_atomic(args.report, safety.render_report(str(args.model_dir), metrics))
+    write_metrics(args.metrics, metrics)
+    write_timings(args.metrics, timer.total())
+    tracking.mirror_stage("evaluate_safety", p, args.metrics, artifacts=[args.report])
+
+
+if __name__ == "__main__":
+    main()
