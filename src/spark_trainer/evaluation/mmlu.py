@@ -13,7 +13,10 @@ Two formats, as lm-eval's `mmlu` (letters) and `mmlu_continuation` tasks:
 Scoring as lm-eval's HF model does: context and continuation are encoded together (the
 tokenizer's own special tokens) and split at the context's length; the input is
 left-truncated to the model's maximum length; the log-likelihood of a continuation is
-the sum of its tokens' log-probabilities. Questions are scored in batches.
+the sum of its tokens' log-probabilities. The few-shot prefix of a subject is encoded once
+and its KV cache reused for every question, wherever the whole prompt's tokens start with
+the prefix's own tokens and no truncation applies; elsewhere questions are scored whole,
+in batches.
 """
 
 from __future__ import annotations
@@ -103,9 +106,14 @@ def continuations(q: Question, fmt: str) -> list[str]:
     return [f" {c}" for c in (LETTERS if fmt == "letter" else q.choices)]
 
 
+def fewshot_prefix(subject: str, shots: list[Question], fmt: str) -> str:
+    """The description and the k examples: the part of the prompt every question of a subject shares."""
+    return description(subject, fmt) + "".join(doc_text(s, fmt) + continuations(s, fmt)[s.answer] + "\n\n"
+                                               for s in shots)
+
+
 def context(q: Question, shots: list[Question], fmt: str) -> str:
-    examples = "".join(doc_text(s, fmt) + continuations(s, fmt)[s.answer] + "\n\n" for s in shots)
-    return description(q.subject, fmt) + examples + doc_text(q, fmt)
+    return fewshot_prefix(q.subject, shots, fmt) + doc_text(q, fmt)
 
 
 def encode_pair(tokenizer, ctx: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -157,60 +165,86 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], limit: in
     return out
 
 
-def shared_context_loglikelihoods(model, ctx_ids: list[int], conts: list[list[int]], limit: int) -> list[float] | None:
-    """The choices of one question share its context: encode the context once and run
-    only the continuations on its KV cache. None when left truncation would cut the
-    context differently for different choices (then each is scored whole)."""
+def prefix_cache(model, prefix_ids: list[int]):
+    """The KV cache of a subject's few-shot prefix (description and examples), computed once."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+
+
+def cached_loglikelihoods(model, cache, items: list[tuple[list[int], list[list[int]]]],
+                          batch_size: int) -> list[list[float]]:
+    """Log-likelihoods of the choices of several questions of one subject, all run on its
+    prefix cache: a row is a question's own tokens plus a continuation (all but its last
+    token); rows are right-padded and run `batch_size` at a time on copies of the cache."""
+    import copy
+
     import torch
     import torch.nn.functional as F
 
-    if len(ctx_ids) + max(len(c) for c in conts) > limit + 1:
-        return None
     device = next(model.parameters()).device
+    rows: list[list[int]] = []
+    owner: list[list[int]] = []  # per item, the row of each choice
+    for suffix_ids, conts in items:
+        if all(len(c) == 1 for c in conts):  # one-token continuations (letters) share their only input
+            owner.append([len(rows)] * len(conts))
+            rows.append(suffix_ids)
+        else:
+            owner.append(list(range(len(rows), len(rows) + len(conts))))
+            rows += [suffix_ids + c[:-1] for c in conts]
+    row_logprobs: dict[int, Any] = {}
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True)
-        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
-        lls = [float(first[c[0]]) for c in conts]
-        width = max(len(c) for c in conts) - 1
-        if width == 0:
-            return lls
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(len(conts))
-        batch = torch.zeros(len(conts), width, dtype=torch.long, device=device)
-        for row, c in enumerate(conts):
-            batch[row, : len(c) - 1] = torch.tensor(c[:-1], device=device)
-        logprobs = F.log_softmax(model(input_ids=batch, past_key_values=cache).logits.float(), dim=-1)
-        for row, c in enumerate(conts):
-            for t in range(1, len(c)):
-                lls[row] += float(logprobs[row, t - 1, c[t]])
-    return lls
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            batch = torch.zeros(len(chunk), max(len(r) for r in chunk), dtype=torch.long, device=device)
+            for i, r in enumerate(chunk):
+                batch[i, : len(r)] = torch.tensor(r, device=device)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(chunk))
+            logprobs = F.log_softmax(model(input_ids=batch, past_key_values=past).logits.float(), dim=-1)
+            for i in range(len(chunk)):
+                row_logprobs[start + i] = logprobs[i]
+    out = []
+    for (suffix_ids, conts), rows_of in zip(items, owner, strict=True):
+        first = len(suffix_ids) - 1  # this position predicts a continuation's first token
+        out.append([sum(float(row_logprobs[r][first + t, tok]) for t, tok in enumerate(c))
+                    for r, c in zip(rows_of, conts, strict=True)])
+    return out
 
 
 def evaluate(model, tokenizer, dev: dict[str, list[Question]], test: dict[str, list[Question]], fmt: str,
              k: int, batch_size: int) -> list[dict[str, Any]]:
     """One record per test question: log-likelihoods, probabilities, prediction(s)."""
     limit = max_length(model, tokenizer)
-    pairs, owners = [], []
+    owners: list[Question] = []
+    lls: list[float] = []
+    fallback = []  # (position, (context ids, continuation ids)) scored whole, in batches
     for subject in sorted(test):
         shots = dev[subject][:k]
+        # Reused only where encoding the whole prompt starts with the prefix's own tokens.
+        prefix_ids = tokenizer.encode(fewshot_prefix(subject, shots, fmt))
+        cached: list[tuple[int, tuple[list[int], list[list[int]]]]] = []  # (position, (suffix, continuations))
         for q in test[subject]:
-            ctx = context(q, shots, fmt)
-            pairs.append([encode_pair(tokenizer, ctx, choice) for choice in continuations(q, fmt)])
+            pairs = [encode_pair(tokenizer, context(q, shots, fmt), choice) for choice in continuations(q, fmt)]
+            ctx_ids = pairs[0][0]
+            reusable = (all(ctx == ctx_ids for ctx, _ in pairs) and ctx_ids[: len(prefix_ids)] == prefix_ids
+                        and len(ctx_ids) > len(prefix_ids)
+                        and len(ctx_ids) + max(len(c) for _, c in pairs) <= limit + 1)
+            if reusable:
+                cached.append((len(lls), (ctx_ids[len(prefix_ids):], [c for _, c in pairs])))
+            else:
+                fallback += [(len(lls) + j, pair) for j, pair in enumerate(pairs)]
+            lls += [0.0] * 4
             owners.append(q)
-    lls: list[float] = [0.0] * (4 * len(owners))
-    batched = []  # (position, request) for questions scored in shared batches
-    for n, question_pairs in enumerate(pairs):
-        single_token = all(len(cont) == 1 for _, cont in question_pairs)
-        same_context = len({tuple(ctx) for ctx, _ in question_pairs}) == 1
-        shared = None
-        if same_context and not single_token:
-            shared = shared_context_loglikelihoods(model, question_pairs[0][0], [c for _, c in question_pairs], limit)
-        if shared is None:
-            batched += [(4 * n + j, pair) for j, pair in enumerate(question_pairs)]
-        else:
-            lls[4 * n: 4 * n + 4] = shared
-    for (position, _), value in zip(batched, loglikelihoods(model, [pair for _, pair in batched], limit, batch_size),
-                                    strict=True):
+        if cached:
+            scored = cached_loglikelihoods(model, prefix_cache(model, prefix_ids), [item for _, item in cached],
+                                           batch_size)
+            for (position, _), values in zip(cached, scored, strict=True):
+                lls[position: position + 4] = values
+    for (position, _), value in zip(fallback, loglikelihoods(model, [pair for _, pair in fallback], limit,
+                                                             batch_size), strict=True):
         lls[position] = value
     records = []
     for n, q in enumerate(owners):
