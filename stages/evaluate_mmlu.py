@@ -12,7 +12,6 @@ for `dvc plots`. Per-question predictions and choice probabilities go to the JSO
 from pathlib import Path
 
 from spark_trainer import tracking
-from spark_trainer.errors import InputDataError
 from spark_trainer.evaluation import calibration, mmlu
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import load_pretrained
@@ -34,12 +33,7 @@ def main() -> None:
         dev, test = mmlu.load_local(Path(p.source))
     else:
         dev, test = mmlu.load_hub(p.source, p.hub_subjects)
-    shots = {}
-    for subject, examples in dev.items():
-        if len(examples) < p.num_fewshot and p.short_dev == "error":
-            raise InputDataError(f"subject '{subject}' has {len(examples)} dev questions, fewer than "
-                                 f"evaluate_mmlu.num_fewshot={p.num_fewshot}; lower it or set short_dev: reduce")
-        shots[subject] = min(len(examples), p.num_fewshot)
+    shots = mmlu.fewshot_counts(dev, p.num_fewshot, p.short_dev)
 
     produced_by = PRODUCERS.get(name, "lora" if name.startswith("lora") else None)
     model = causal_lm.load_for_inference(args.model_dir, produced_by=produced_by)

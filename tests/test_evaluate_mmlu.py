@@ -81,6 +81,15 @@ def test_bad_rows_name_file_and_line(tmp_path):
         mmlu.load_local(tmp_path / "nothing")
 
 
+def test_subject_with_too_few_dev_questions():
+    q = mmlu.Question("s", 0, "q", ("a", "b", "c", "d"), 0)
+    dev = {"long": [q] * 5, "short": [q] * 2}
+    with pytest.raises(InputDataError, match="subject 'short' has 2 dev questions, fewer than "
+                                             "evaluate_mmlu.num_fewshot=5.*short_dev: reduce"):
+        mmlu.fewshot_counts(dev, 5, "error")
+    assert mmlu.fewshot_counts(dev, 5, "reduce") == {"long": 5, "short": 2}
+
+
 def test_calibration_and_summary():
     records = [{"subject": "s", "prediction": 0, "answer": 0, "correct": True, "probabilities": [0.95, 0.05, 0, 0]},
                {"subject": "s", "prediction": 1, "answer": 0, "correct": False, "probabilities": [0.1, 0.9, 0, 0]},

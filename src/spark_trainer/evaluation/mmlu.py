@@ -88,6 +88,18 @@ def load_hub(dataset_id: str, subjects: tuple[str, ...]) -> tuple[dict[str, list
     return dev, test
 
 
+def fewshot_counts(dev: dict[str, list[Question]], k: int, short_dev: str) -> dict[str, int]:
+    """k per subject. A subject with fewer than k dev questions is an error, or, with
+    short_dev: reduce, gets as many as it has (the counts are recorded in metrics)."""
+    counts = {}
+    for subject, examples in sorted(dev.items()):
+        if len(examples) < k and short_dev == "error":
+            raise InputDataError(f"subject '{subject}' has {len(examples)} dev questions, fewer than "
+                                 f"evaluate_mmlu.num_fewshot={k}; lower it or set evaluate_mmlu.short_dev: reduce")
+        counts[subject] = min(len(examples), k)
+    return counts
+
+
 def description(subject: str, fmt: str) -> str:
     name = subject.replace("_", " ")
     if fmt == "letter":
