@@ -33,6 +33,8 @@ def test_sections_are_frozen():
         ("sample", {"subjects": ["arithmetic", "astrology"]}, r"sample\.subjects\.1: Input should be"),
         ("sample", {"planted": {"pii": -1}}, r"sample\.planted\.pii: Input should be greater than or equal to 0"),
         ("tracking", {"strict": "yes"}, r"tracking\.strict: Input should be a valid boolean"),
+        ("distill", {"student": {"num_heads": 3}}, r"distill\.student: Value error, hidden_size must be divisible"),
+        ("lora", {"learning_rat": 0.1}, r"lora\.learning_rat: unknown key \(did you mean 'learning_rate'\?\)"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(section, override, expected):

@@ -23,10 +23,7 @@ def build_student(cfg: StudentParams, teacher, tokenizer, seed: int):
             raise ModelSourceError(f"student '{cfg.pretrained}' has vocab size {student.config.vocab_size}, the "
                                    f"teacher {teacher.config.vocab_size}: distillation needs the same vocabulary")
         return student
-    sizes = ModelParams(source="config", pretrained="", hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                        num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                        intermediate_size=cfg.intermediate_size,
-                        max_position_embeddings=teacher.config.max_position_embeddings)
+    sizes = ModelParams(**cfg.model_dump(), max_position_embeddings=teacher.config.max_position_embeddings)
     return causal_lm.build_from_config(sizes, tokenizer, seed)
 
 

@@ -210,7 +210,9 @@ class TokenizerParams(Section):
         return self
 
 
-class ModelParams(Section):
+class ArchitectureParams(Section):
+    """A Llama-style model built from sizes, or loaded pretrained (shared by train and distill)."""
+
     source: Literal["config", "pretrained"]
     pretrained: str  # hub id or local path, used when source is pretrained
     hidden_size: MultipleOf64
@@ -218,10 +220,9 @@ class ModelParams(Section):
     num_heads: PositiveInt
     num_kv_heads: PositiveInt
     intermediate_size: MultipleOf64
-    max_position_embeddings: PositiveInt
 
     @model_validator(mode="after")
-    def _shapes(self) -> ModelParams:
+    def _shapes(self) -> ArchitectureParams:
         if self.source == "pretrained" and not self.pretrained:
             raise ValueError("source 'pretrained' needs pretrained: <hub id or local path>")
         if self.hidden_size % self.num_heads:
@@ -229,6 +230,10 @@ class ModelParams(Section):
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be divisible by num_kv_heads")
         return self
+
+
+class ModelParams(ArchitectureParams):
+    max_position_embeddings: PositiveInt
 
 
 class EfficiencyParams(Section):
@@ -299,22 +304,8 @@ class QuantizeParams(Section):
     latency_repeats: PositiveInt
 
 
-class StudentParams(Section):
-    source: Literal["config", "pretrained"]
-    pretrained: str
-    hidden_size: MultipleOf64
-    num_layers: PositiveInt
-    num_heads: PositiveInt
-    num_kv_heads: PositiveInt
-    intermediate_size: MultipleOf64
-
-    @model_validator(mode="after")
-    def _shapes(self) -> StudentParams:
-        if self.source == "pretrained" and not self.pretrained:
-            raise ValueError("source 'pretrained' needs pretrained: <hub id or local path>")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
-        return self
+class StudentParams(ArchitectureParams):
+    """The student's sizes; its context length is the teacher's."""
 
 
 class DistillParams(LoopParams):
