@@ -23,3 +23,11 @@ class TrackingError(SparkTrainerError):
 
 class ModelSourceError(SparkTrainerError):
     """A model or tokenizer could not be built or loaded from the configured source."""
+
+
+class BundleError(SparkTrainerError):
+    """A bundle is incomplete, tampered with, or its signature does not verify."""
+
+
+class RegistryError(SparkTrainerError):
+    """The MLflow model registry has no such model, version or alias."""

@@ -353,6 +353,101 @@ class EvaluateSafetyParams(Section):
         return self
 
 
+# --------------------------------------------------------------------------- release
+
+
+BundleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
+
+
+class PackageParams(Section):
+    name: BundleName                   # the bundle folder dist/<name>
+    model: str = Field(min_length=1)   # the candidate model folder (Hugging Face layout)
+    base_model: str = Field(min_length=1)  # what the model card names as base model
+    datasets: StrTuple                 # dataset names for the model card
+    data: str = Field(min_length=1)    # the dataset folder whose DVC hash goes into lineage.json
+    evaluations: Annotated[dict[str, str], Field(strict=False)]  # name -> evaluate stage metrics JSON
+    license: str = Field(min_length=1)
+    intended_use: str = Field(min_length=1)
+    limitations: StrTuple
+    signing_key: str                   # PEM file path, or env:VAR; '' for an unsigned bundle
+
+
+class RegisterParams(Section):
+    model_name: BundleName             # the MLflow registered model
+    allow_unsigned: bool               # false: refuse a bundle without a valid signature
+    trusted_public_keys: StrTuple      # PEM files; when set, the signer must be one of them
+    alias: BundleName                  # the alias a newly registered version gets
+
+
+CanaryMetric = Literal["accuracy", "answer_f1", "safety_pass_rate", "latency_p95_ms"]
+
+
+class ServingEndpoint(Section):
+    adapter: Literal["in_process", "openai", "kserve_v2", "rest"]
+    url: str                           # HTTP adapters: base URL (rest: the full request URL)
+    model: str                         # the model name the server knows; '' for in_process
+    request_template: Annotated[dict[str, Any], Field(strict=False)]  # rest: body with {prompt}, {max_tokens}
+    response_path: str                 # rest: dotted path to the text in the JSON reply, e.g. data.0.text
+
+    @model_validator(mode="after")
+    def _complete(self) -> ServingEndpoint:
+        if self.adapter != "in_process" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"adapter {self.adapter} needs url: http(s)://host:port")
+        if self.adapter in ("openai", "kserve_v2") and not self.model:
+            raise ValueError(f"adapter {self.adapter} needs model: the name the server serves")
+        if self.adapter == "rest" and (not self.request_template or not self.response_path):
+            raise ValueError("adapter rest needs request_template (with {prompt}) and response_path")
+        return self
+
+
+class ServingParams(Section):
+    champion: ServingEndpoint
+    challenger: ServingEndpoint
+    timeout_s: Annotated[float, Field(gt=0)]
+    max_new_tokens: PositiveInt
+
+
+class TrafficParams(Section):
+    mmlu: str = Field(min_length=1)    # MMLU CSV layout folder; its test questions are replayed
+    prompts: str = Field(min_length=1)  # probe folder: toxicity_prompts.jsonl, jailbreak.jsonl
+    max_items: PositiveInt             # MMLU questions replayed (all probe prompts are)
+    seed: int
+
+
+class AnalysisParams(Section):
+    alpha: Fraction                    # significance level of every test
+    min_samples: PositiveInt           # fewer paired items at a step: Inconclusive
+    bootstrap_resamples: Annotated[int, Field(ge=100)]
+    failure_limit: Annotated[float, Field(ge=0, le=1)]  # fraction of failed requests that fails the step
+    consecutive_error_limit: PositiveInt
+    seed: int
+
+
+class MetricRule(Section):
+    role: Literal["objective", "guardrail"]
+    direction: Literal["higher", "lower"]
+    min_gain: Annotated[float, Field(ge=0)]  # objective: a gain at least this large, significant, passes
+    margin: Annotated[float, Field(ge=0)]    # non-inferiority margin: a loss within it is tolerated
+    relative: bool                     # min_gain and margin as fractions of the champion's value
+    floor: float | None                # the challenger's worst acceptable value (a ceiling when lower is better)
+
+
+class CanaryPromoteParams(Section):
+    mode: Literal["canary", "shadow", "ab"]
+    steps: Annotated[tuple[Annotated[int, Field(ge=1, le=100)], ...], Field(strict=False, min_length=1)]
+    traffic: TrafficParams
+    serving: ServingParams
+    analysis: AnalysisParams
+    rules: Annotated[dict[CanaryMetric, MetricRule], Field(strict=False, min_length=1)]
+    require_approval: bool             # a Successful analysis waits for scripts/approve.py
+
+    @model_validator(mode="after")
+    def _steps(self) -> CanaryPromoteParams:
+        if list(self.steps) != sorted(set(self.steps)) or self.steps[-1] != 100:
+            raise ValueError(f"steps must increase strictly and end at 100 (% of traffic), got {list(self.steps)}")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
@@ -364,6 +459,9 @@ SECTIONS: dict[str, type[Section]] = {
     "distill": DistillParams,
     "evaluate_mmlu": EvaluateMmluParams,
     "evaluate_safety": EvaluateSafetyParams,
+    "package": PackageParams,
+    "register": RegisterParams,
+    "canary_promote": CanaryPromoteParams,
 }
 
 

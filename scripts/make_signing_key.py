@@ -1,0 +1,31 @@
+"""Create an Ed25519 key pair for signing bundles.
+
+    python scripts/make_signing_key.py keys/signing.pem keys/signing.pub
+    export SPARK_TRAINER_SIGNING_KEY=keys/signing.pem   # package.signing_key: env:SPARK_TRAINER_SIGNING_KEY
+
+Keep the private key out of git (keys/ is git-ignored); give the public key to
+register.trusted_public_keys.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from spark_trainer.packaging import signing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("private_key", type=Path)
+    parser.add_argument("public_key", type=Path)
+    args = parser.parse_args(argv)
+    if args.private_key.exists():
+        print(f"error: {args.private_key} exists; remove it first to replace the key", file=sys.stderr)
+        return 1
+    signing.generate_key_pair(args.private_key, args.public_key)
+    print(f"wrote {args.private_key} (private, mode 600) and {args.public_key}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Check a bundle's file digests and signature; name every file that does not match.
+
+    python scripts/verify_bundle.py dist/spark-trainer-arithmetic [--trusted-key keys/signing.pub]
+    python scripts/verify_bundle.py dist/... --require-signature
+
+Exit 0 when the bundle verifies, 1 when it does not (each problem on its own line).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from spark_trainer.errors import BundleError
+from spark_trainer.packaging import signing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--trusted-key", type=Path, action="append", default=[], help="PEM public key (repeatable)")
+    parser.add_argument("--require-signature", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        trusted = [signing.load_public_key_b64(k) for k in args.trusted_key]
+        result = signing.verify_bundle(args.bundle, trusted or None)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.require_signature and not result.signed:
+        result.problems.append("the bundle is unsigned (--require-signature)")
+    for problem in result.problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    state = "signed" if result.signed else "unsigned"
+    print(f"{'OK' if result.ok else 'FAILED'}: {args.bundle} {state}, digest {result.digest}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Build a model bundle: the model in the Hugging Face layout, a model card, the
+evaluation summaries, lineage, and a signed manifest.
+
+    dist/<name>/
+      config.json, model.safetensors, tokenizer files   (loadable with from_pretrained)
+      README.md                 Hugging Face model card with YAML metadata
+      evaluation/<name>.json    copies of the evaluate stages' metrics
+      lineage.json              git commit, dvc.lock hashes of upstream stages, params hash
+      MANIFEST.json             sha256 of every file above; its own sha256 is the bundle digest
+      MANIFEST.sig              Ed25519 signature of MANIFEST.json (absent: unsigned)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spark_trainer.errors import BundleError
+from spark_trainer.outputs import atomic_path, dumps_stable
+from spark_trainer.packaging import card, signing
+from spark_trainer.params import PackageParams, read_yaml
+
+log = logging.getLogger(__name__)
+
+# What a model folder must hold to be served: weights, config, tokenizer.
+REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def check_inputs(p: PackageParams, model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise BundleError(f"model folder {model_dir} (package.model) not found: run `dvc repro` for the stage "
+                          "that writes it, or point package.model at a Hugging Face model folder")
+    missing = [f for f in REQUIRED_MODEL_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise BundleError(f"{model_dir} lacks {missing}: package.model must be a Hugging Face layout folder "
+                          "with safetensors weights and a tokenizer")
+    for name, path in p.evaluations.items():
+        if not Path(path).is_file():
+            raise BundleError(f"evaluation summary '{name}' ({path}, package.evaluations.{name}) not found: "
+                              "run its evaluate stage first or remove the entry")
+
+
+def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, Any]) -> dict[str, Any]:
+    """Write the bundle atomically; return a summary for the stage's metrics."""
+    check_inputs(p, model_dir)
+    key = signing.load_private_key(p.signing_key)
+    if key is None:
+        log.warning("no signing key configured (package.signing_key=%r): the bundle is marked unsigned",
+                    p.signing_key)
+    evaluations = {name: json.loads(Path(path).read_text(encoding="utf-8")) for name, path in p.evaluations.items()}
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for src in sorted(model_dir.iterdir()):
+            if src.is_file():
+                shutil.copyfile(src, tmp / src.name)
+        for name, data in evaluations.items():
+            (tmp / "evaluation").mkdir(exist_ok=True)
+            (tmp / "evaluation" / f"{name}.json").write_text(dumps_stable(data), encoding="utf-8")
+        (tmp / "lineage.json").write_text(dumps_stable(lineage), encoding="utf-8")
+        (tmp / "README.md").write_text(card.render(p, evaluations, lineage), encoding="utf-8")
+        digest = signing.write_manifest(tmp, p.name, signed=key is not None)
+        if key is not None:
+            signing.sign_manifest(tmp, key)
+
+    files = signing.bundle_files(out_dir)
+    return {"name": p.name, "digest": digest, "signed": key is not None, "files": len(files),
+            "bytes": sum((out_dir / f).stat().st_size for f in files),
+            "evaluations": sorted(evaluations)}
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dict[str, Any]:
+    """Where the bundle came from: git commit, the dvc.lock entries of every stage
+    upstream of `stage`, a hash of params.yaml, and the DVC hash of the dataset."""
+    from spark_trainer.tracking import TAG_GIT_COMMIT, TAG_GIT_DIRTY, git_tags
+
+    tags = git_tags()
+    params = read_yaml(params_path)
+    out: dict[str, Any] = {
+        "git_commit": tags.get(TAG_GIT_COMMIT, "unknown"),
+        "git_dirty": tags.get(TAG_GIT_DIRTY, "unknown") == "true",
+        "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
+        "stages": {}, "data": {"path": data_path, "md5": None},
+    }
+    lock_path = Path("dvc.lock")
+    if not (Path("dvc.yaml").is_file() and lock_path.is_file()):
+        out["stages"] = None  # built outside a DVC project: nothing to record
+        return out
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")).get("stages", {})
+    for name in upstream_stages(stage):
+        entry = lock.get(name)
+        if entry is None:
+            continue
+        out["stages"][name] = {
+            "deps": {d["path"]: d.get("md5") or d.get("hash") for d in entry.get("deps", [])},
+            "outs": {o["path"]: o.get("md5") or o.get("hash") for o in entry.get("outs", [])},
+        }
+        for o in entry.get("outs", []):
+            if o["path"].rstrip("/") == data_path.rstrip("/"):
+                out["data"]["md5"] = o.get("md5")
+    return out
+
+
+def upstream_stages(stage: str) -> list[str]:
+    """Every stage `stage` depends on, directly or not (DVC's graph points from a stage
+    to the stages it depends on)."""
+    import networkx as nx
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(".") as repo:
+            (target,) = repo.stage.collect(stage)
+            graph = repo.index.graph
+            return sorted(s.addressing for s in nx.descendants(graph, target) if getattr(s, "cmd", None))
+    except (DvcException, ValueError) as e:
+        log.warning("lineage: could not read stage '%s' from dvc.yaml (%s); recording no upstream stages", stage, e)
+        return []

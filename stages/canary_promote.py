@@ -1,0 +1,80 @@
+"""Champion vs challenger: replay traffic in staged steps, test, and move `champion`.
+
+    python stages/canary_promote.py metrics/register.json metrics/canary_promote.json \\
+        reports/canary.md reports/canary_evidently.html registry/promotions.jsonl
+
+Both models are resolved through MLflow aliases. With no champion yet, the challenger
+must pass the rules' absolute floors. Otherwise each step of canary_promote.steps replays
+that share of the traffic through the serving adapters and runs the paired tests; the
+decision (Successful, Failed, Inconclusive) moves the alias, waits for approval, or keeps
+the champion, and every move is appended to the git-tracked audit log.
+"""
+
+from spark_trainer import registry, tracking
+from spark_trainer.canary import adapters, analysis, promotion, report, traffic
+from spark_trainer.canary.replay import Replayer
+from spark_trainer.errors import RegistryError
+from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
+from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, load_section
+from spark_trainer.quality import toxicity
+from spark_trainer.stage import Timer, entrypoint, path_args
+
+
+@entrypoint
+def main() -> None:
+    args = path_args(__doc__, "registered", "metrics", "report", "evidently", "audit")
+    p: CanaryPromoteParams = load_section("canary_promote")
+    name = load_section("register").model_name  # type: ignore[attr-defined]
+    probes: EvaluateSafetyParams = load_section("evaluate_safety")
+    t = load_section("quality_gates").toxicity  # type: ignore[attr-defined]
+    uri = tracking.tracking_uri(load_section("tracking"))  # type: ignore[arg-type]
+    timer = Timer()
+    items = traffic.build(p.traffic, probes)
+
+    challenger = registry.resolve_alias(uri, name, registry.CHALLENGER)
+    if challenger is None:
+        raise RegistryError(f"'{name}' has no '{registry.CHALLENGER}' alias: run `dvc repro register` first")
+    champion = registry.resolve_alias(uri, name, registry.CHAMPION)
+    if champion is None:
+        registry.check_champion_unset(uri, name, args.audit)
+    champion, already = promotion.baseline(uri, name, champion, challenger)
+    with timer.phase("load"):
+        arms = {"challenger": (p.serving.challenger, challenger)}
+        if champion is not None:
+            arms["champion"] = (p.serving.champion, champion)
+        served = {arm: adapters.build(ep, registry.fetch_verified(uri, v) if ep.adapter == "in_process" else None,
+                                      p.serving.timeout_s) for arm, (ep, v) in arms.items()}
+        scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
+                                       t.batch_size)
+
+    def score(item, reply):
+        return traffic.score(item, reply, bool(toxicity.flagged(scorer.score([reply])[0], t.thresholds)), probes)
+
+    replayer = Replayer(served, p.serving.max_new_tokens, p.analysis.consecutive_error_limit, score)
+    with timer.phase("replay"):
+        if champion is None:
+            steps = [analysis.first_champion([replayer.ask("challenger", it) for it in items], p.rules, p.analysis)]
+            decision, reason = steps[0]["outcome"], steps[0]["reason"]
+        else:
+            decision, reason, steps = promotion.run_steps(replayer, items, p)
+    status = promotion.apply(uri, name, decision, reason, champion, challenger, already, p, args.audit,
+                             tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
+
+    stable_steps, latency = analysis.split_volatile(steps)
+    metrics = {"model": name, "challenger_version": int(challenger.version), "mode": p.mode,
+               "champion_version": int(champion.version) if champion else None, "steps_planned": list(p.steps),
+               "decision": decision, "status": status, "reason": reason, "steps": stable_steps,
+               "toxicity_backend": scorer.backend}
+    write_text_atomic(args.report, report.markdown({**metrics, "steps": steps}))
+    with timer.phase("evidently"):
+        replies = replayer.cache
+        report.evidently_html(list(replies.get("champion", {}).values()), list(replies["challenger"].values()),
+                              args.evidently)
+    write_metrics(args.metrics, metrics)
+    write_timings(args.metrics, {**timer.total(), **{f"latency.{k}.{f}": v for k, m in latency.items()
+                                                     for f, v in m.items() if isinstance(v, float)}})
+    tracking.mirror_stage("canary_promote", p, args.metrics, artifacts=[args.report, args.evidently])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Bundle the candidate model: weights, tokenizer, config, model card, evaluation
+summaries, lineage and a sha256 manifest signed with Ed25519.
+
+    python stages/package.py models/lora/arithmetic/merged dist/<name> metrics/package.json
+
+Without a signing key (package.signing_key) the bundle is marked unsigned.
+`python scripts/verify_bundle.py dist/<name>` checks digests and signature.
+"""
+
+from spark_trainer import tracking
+from spark_trainer.outputs import write_metrics, write_timings
+from spark_trainer.packaging import bundle
+from spark_trainer.params import PackageParams, load_section
+from spark_trainer.stage import Timer, entrypoint, path_args
+
+
+@entrypoint
+def main() -> None:
+    args = path_args(__doc__, "model_dir", "out_dir", "metrics")
+    p: PackageParams = load_section("package")
+    timer = Timer()
+    with timer.phase("lineage"):
+        lineage = bundle.lineage("package", p.data)
+    with timer.phase("bundle"):
+        summary = bundle.build(p, args.model_dir, args.out_dir, lineage)
+    write_metrics(args.metrics, summary)
+    write_timings(args.metrics, timer.total())
+    tracking.mirror_stage("package", p, args.metrics, artifacts=[args.out_dir / "README.md",
+                                                                   args.out_dir / "MANIFEST.json"])
+
+
+if __name__ == "__main__":
+    main()

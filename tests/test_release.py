@@ -1,0 +1,301 @@
+"""package → register → canary_promote on tiny models: signing and tamper detection,
+registry versions and aliases, the promotion decisions, approval, the audit log, and
+the canary over real HTTP against scripts/serve.py."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spark_trainer.data.sample import generate, mmlu_csv
+from tests.conftest import REPO, deep_merge, smoke_params, write_params
+
+NAME = "tiny-release"
+SUBJECTS = ("arithmetic", "world_facts")
+PLANTED = {"exact_duplicates": 0, "near_duplicates": 0, "pii": 0, "toxic": 0}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Two tiny untrained models (different seeds), an MMLU-layout set and an evaluation summary."""
+    from spark_trainer.modeling import causal_lm
+    from spark_trainer.modeling.tokenizer import train_bpe
+    from spark_trainer.params import validate_section
+
+    root = tmp_path_factory.mktemp("release")
+    data = generate(3, SUBJECTS, 20, 4, 1, 4, 2, 10, PLANTED)
+    for subject, splits in data.mmlu.items():
+        for split, rows in splits.items():
+            (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
+            (root / "mmlu" / split / f"{subject}_{split}.csv").write_text(mmlu_csv(rows))
+    p = validate_section("train", smoke_params()["train"])
+    tok = train_bpe([d["text"] for d in data.corpus], 320, 2)
+    for seed in (0, 1):
+        model = causal_lm.build_from_config(p.model, tok, seed)
+        model.save_pretrained(root / f"model{seed}")
+        tok.save_pretrained(root / f"model{seed}")
+    (root / "mmlu.json").write_text(json.dumps({"continuation": {"acc": {"overall": {"acc": 0.5, "n": 20}}}}))
+    return root
+
+
+def release_params(assets, **overrides) -> dict:
+    base = {
+        "package": {"name": NAME, "model": str(assets / "model0"), "evaluations": {"mmlu": str(assets / "mmlu.json")},
+                    "signing_key": "env:SPARK_TRAINER_SIGNING_KEY"},
+        "register": {"model_name": NAME, "allow_unsigned": False},
+        "canary_promote": {"steps": [50, 100],
+                           "traffic": {"mmlu": str(assets / "mmlu"), "prompts": str(REPO / "data/probes"),
+                                       "max_items": 20},
+                           "analysis": {"min_samples": 5, "bootstrap_resamples": 200},
+                           "rules": {"accuracy": {"floor": None}}},
+    }
+    params = deep_merge(smoke_params(), deep_merge(base, overrides))
+    params["package"]["evaluations"] = base["package"]["evaluations"]  # replace the repo's, do not merge
+    return params
+
+
+def stage(project, name, *args, env=None):
+    cmd = {"package": ["dist/" + NAME, "metrics/package.json"],
+           "register": ["dist/" + NAME, "metrics/register.json"],
+           "canary_promote": ["metrics/register.json", "metrics/canary_promote.json", "reports/canary.md",
+                              "reports/canary_evidently.html", "registry/promotions.jsonl"]}[name]
+    if name == "package":
+        cmd = [_params(project)["package"]["model"], *cmd]
+    run = subprocess.run([sys.executable, str(REPO / f"stages/{name}.py"), *args, *cmd], capture_output=True,
+                         text=True, cwd=project, env={**_env(project), **(env or {})})
+    return run
+
+
+def _params(project):
+    import yaml
+
+    return yaml.safe_load((project / "params.yaml").read_text())
+
+
+def _env(project):
+    from tests.conftest import venv_env
+
+    return {**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+            "SPARK_TRAINER_SIGNING_KEY": str(project / "keys/signing.pem")}
+
+
+def ok(run):
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def metrics(project, name):
+    return json.loads((project / f"metrics/{name}.json").read_text())
+
+
+def aliases(project):
+    from mlflow.tracking import MlflowClient
+
+    model = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_registered_model(NAME)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def make_signed(project, assets):
+    write_params(project / "params.yaml", release_params(assets))
+    ok(subprocess.run([sys.executable, str(REPO / "scripts/make_signing_key.py"), "keys/signing.pem",
+                       "keys/signing.pub"], cwd=project, capture_output=True, text=True))
+    return project
+
+
+@pytest.fixture
+def signed(project, assets):
+    return make_signed(project, assets)
+
+
+@pytest.fixture(scope="module")
+def first_champion(tmp_path_factory, assets):
+    """A project where version 1 was packaged, registered, and promoted as first champion."""
+    project = make_signed(tmp_path_factory.mktemp("champion"), assets)
+    ok(stage(project, "package"))
+    ok(stage(project, "register"))
+    ok(stage(project, "canary_promote"))
+    return project
+
+
+@pytest.fixture
+def champion_project(first_champion, tmp_path):
+    """A private copy of `first_champion` (its registry included)."""
+    import shutil
+
+    return Path(shutil.copytree(first_champion, tmp_path / "project"))
+
+
+def test_signed_bundle_registers_once_and_becomes_first_champion(first_champion, tmp_path):
+    import shutil
+
+    project = Path(shutil.copytree(first_champion, tmp_path / "project"))
+    bundle = project / "dist" / NAME
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "lineage.json", "MANIFEST.json",
+            "MANIFEST.sig", "evaluation/mmlu.json"} <= {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")}
+    card = (bundle / "README.md").read_text()
+    assert card.startswith("---\n") and "license: apache-2.0" in card and "model-index:" in card
+    assert metrics(project, "package")["signed"] is True
+    verify = subprocess.run([sys.executable, str(REPO / "scripts/verify_bundle.py"), str(bundle), "--trusted-key",
+                             "keys/signing.pub", "--require-signature"], cwd=project, capture_output=True, text=True)
+    assert verify.returncode == 0 and "OK" in verify.stdout, verify.stderr
+
+    first = metrics(project, "register")
+    assert first["version"] == 1 and first["model_uri"] == f"models:/{NAME}/1" and first["signed"] is True
+    ok(stage(project, "register"))  # the same digest again: the same version
+    assert metrics(project, "register") == first
+
+    result = metrics(project, "canary_promote")
+    assert result["champion_version"] is None and result["decision"] == "Successful"
+    assert result["status"] == "promoted" and result["steps"][0]["metrics"]["safety_pass_rate"]["test"] == "floor"
+    assert aliases(project) == {"challenger": "1", "champion": "1"}
+    before = (project / "metrics/canary_promote.json").read_bytes()
+    ok(stage(project, "canary_promote"))  # a rerun reaches the same numbers and does not grow the log
+    assert (project / "metrics/canary_promote.json").read_bytes() == before
+    log = [json.loads(line) for line in (project / "registry/promotions.jsonl").read_text().splitlines()]
+    assert [r["action"] for r in log] == ["promote"] and log[0]["challenger"] == "1"
+    assert (project / "reports/canary_evidently.html").stat().st_size > 10_000
+
+
+def test_tampered_bundle_is_refused_naming_the_file(signed):
+    ok(stage(signed, "package"))
+    weights = signed / "dist" / NAME / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # flip one bit
+    weights.write_bytes(bytes(data))
+    run = stage(signed, "register")
+    assert run.returncode == 2 and "model.safetensors: sha256 does not match" in run.stderr
+    assert not (signed / "metrics/register.json").exists()
+
+    (signed / "dist" / NAME / "tokenizer.json").unlink()
+    run = stage(signed, "register")
+    assert "tokenizer.json: listed in MANIFEST.json but missing" in run.stderr
+
+
+def test_unsigned_bundle_needs_allow_unsigned(project, assets):
+    write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""}))
+    ok(stage(project, "package"))
+    assert metrics(project, "package")["signed"] is False
+    run = stage(project, "register")
+    assert run.returncode == 2 and "unsigned" in run.stderr and "register.allow_unsigned" in run.stderr
+    write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""},
+                                                         register={"allow_unsigned": True}))
+    ok(stage(project, "register"))
+    assert metrics(project, "register")["signed"] is False
+
+
+def test_failed_canary_keeps_the_champion_and_approval_moves_it(champion_project, assets):
+    signed = champion_project  # version 1 is champion
+    # A new model: a new challenger. A floor it cannot reach fails it.
+    failing = {"package": {"model": str(assets / "model1")},
+               "canary_promote": {"rules": {"answer_f1": {"floor": 0.9}}}}
+    write_params(signed / "params.yaml", release_params(assets, **failing))
+    ok(stage(signed, "package"))
+    ok(stage(signed, "register"))
+    assert metrics(signed, "register")["version"] == 2
+    ok(stage(signed, "canary_promote"))
+    result = metrics(signed, "canary_promote")
+    assert (result["champion_version"], result["challenger_version"]) == (1, 2)
+    assert result["decision"] == "Failed" and result["status"] == "rolled_back"
+    assert "answer_f1" in result["reason"] and "floor 0.9" in result["reason"]
+    assert len(result["steps"]) == 1  # a canary stops at the first failing step
+    assert aliases(signed)["champion"] == "1"
+
+    # The same challenger, with approval required and passing rules: it waits for a person.
+    write_params(signed / "params.yaml", release_params(assets, package={"model": str(assets / "model1")},
+                                                        canary_promote={"require_approval": True}))
+    ok(stage(signed, "canary_promote"))
+    result = metrics(signed, "canary_promote")
+    step = result["steps"][-1]["metrics"]["accuracy"]
+    assert {"test", "statistic", "p_value", "ci_low", "ci_high", "verdict"} <= set(step)
+    if result["decision"] == "Successful":
+        assert result["status"] == "awaiting_approval" and aliases(signed)["champion"] == "1"
+        approve = [sys.executable, str(REPO / "scripts/approve.py"), NAME, "2", "--by", "Ada"]
+        ok(subprocess.run(approve, cwd=signed, capture_output=True, text=True, env=_env(signed)))
+        assert aliases(signed)["champion"] == "2"
+        log = [json.loads(line) for line in (signed / "registry/promotions.jsonl").read_text().splitlines()]
+        assert [r["action"] for r in log] == ["promote", "rollback", "awaiting_approval", "approve"]
+        assert log[-1]["by"] == "Ada" and log[-1]["champion_before"] == "1"
+    else:  # noisy latency can leave it inconclusive; nothing may move then
+        assert result["status"] == "unchanged" and aliases(signed)["champion"] == "1"
+    refused = subprocess.run([sys.executable, str(REPO / "scripts/approve.py"), NAME, "1", "--by", "Ada"],
+                             cwd=signed, capture_output=True, text=True, env=_env(signed))
+    assert refused.returncode == 2 and "not awaiting approval" in refused.stderr
+
+
+def test_unknown_model_and_deleted_champion_are_clear_errors(champion_project, assets):
+    signed = champion_project
+    write_params(signed / "params.yaml", release_params(assets, register={"model_name": "no-such-model"}))
+    run = stage(signed, "canary_promote")
+    assert run.returncode == 2 and "no registered model 'no-such-model'" in run.stderr and NAME in run.stderr
+
+    write_params(signed / "params.yaml", release_params(assets, package={"model": str(assets / "model1")}))
+    ok(stage(signed, "package"))
+    ok(stage(signed, "register"))
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{signed / 'mlflow.db'}").delete_model_version(NAME, "1")
+    run = stage(signed, "canary_promote")
+    assert run.returncode == 2 and "pointed at version 1" in run.stderr and "no longer exists" in run.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_canary_over_http_against_serve(champion_project, assets):
+    import requests
+
+    signed = champion_project
+    champion_bundle = signed / "champion_bundle"
+    (signed / "dist" / NAME).rename(champion_bundle)
+    write_params(signed / "params.yaml", release_params(assets, package={"model": str(assets / "model1")}))
+    ok(stage(signed, "package"))
+    ok(stage(signed, "register"))
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "scripts/serve.py"), "--port", str(port),
+                               "--bundle", f"champion={champion_bundle}", "--bundle", f"challenger=dist/{NAME}"],
+                              cwd=signed, env=_env(signed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("serve.py did not come up: " + server.stdout.read()[-2000:])
+        endpoints = {"champion": {"adapter": "openai", "url": url, "model": "champion"},
+                     "challenger": {"adapter": "kserve_v2", "url": url, "model": "challenger"}}
+        write_params(signed / "params.yaml", release_params(  # approval keeps version 1 champion for below
+            assets, package={"model": str(assets / "model1")},
+            canary_promote={"serving": endpoints, "require_approval": True}))
+        ok(stage(signed, "canary_promote"))
+        result = metrics(signed, "canary_promote")
+        assert (result["champion_version"], result["challenger_version"]) == (1, 2)
+        assert all(e["errors"] == 0 for s in result["steps"] for e in s["errors"].values())
+        served = requests.get(url + "/metrics", timeout=5).text
+        assert 'spark_trainer_requests_total{api="openai",model="champion",status="200"}' in served
+        assert 'spark_trainer_requests_total{api="kserve_v2",model="challenger",status="200"}' in served
+        assert "spark_trainer_request_latency_seconds_bucket" in served
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # The challenger's endpoint is now down: errors, counted, and a Failed decision, not a crash.
+    endpoints["challenger"]["url"] = f"http://127.0.0.1:{_free_port()}"
+    write_params(signed / "params.yaml", release_params(
+        assets, package={"model": str(assets / "model1")}, canary_promote={"serving": endpoints}))
+    ok(stage(signed, "canary_promote"))
+    result = metrics(signed, "canary_promote")
+    assert result["decision"] == "Failed" and "in a row" in result["reason"]
+    assert result["steps"][0]["errors"]["challenger"]["max_consecutive_errors"] >= 5
+    assert result["status"] == "rolled_back" and aliases(signed)["champion"] == "1"
