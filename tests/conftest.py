@@ -45,6 +45,9 @@ SMOKE_OVERRIDES = {
                             "intermediate_size": 64},
                 "block_size": 64, "batch_size": 8, "max_steps": 8, "warmup_steps": 1, "logging_steps": 4,
                 "save_steps": 4},
+    "canary_promote": {"traffic": {"max_items": 24}, "serving": {"max_new_tokens": 8},
+                       "analysis": {"min_samples": 5, "bootstrap_resamples": 200},
+                       "rules": {"accuracy": {"floor": None}}},  # a smoke model answers almost nothing right
 }
 
 

@@ -17,6 +17,8 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "quantize": "metrics/quantize.json",
            "distill": "metrics/distill.json",
            "evaluate_safety": "metrics/evaluate_safety.json",
+           "package": "metrics/package.json", "register": "metrics/register.json",
+           "canary_promote": "metrics/canary_promote.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
@@ -62,12 +64,17 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     assert {"continuation", "letter"} <= set(scores) and 0 <= scores["continuation"]["acc"]["overall"]["acc"] <= 1
     assert (root / "metrics/evaluate_mmlu/base.predictions.jsonl").is_file()
     assert (root / "reports/safety.md").read_text().startswith("# Safety report")
+    assert json.loads((root / "metrics/register.json").read_text())["version"] == 1
+    canary = json.loads((root / "metrics/canary_promote.json").read_text())
+    assert (canary["decision"], canary["status"], canary["challenger_version"]) == ("Successful", "promoted", 1)
+    assert (root / "dist/spark-trainer-arithmetic/MANIFEST.json").is_file()
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):
     root, _, _ = repo
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id])
+    runs = [r for r in runs if "spark_trainer.stage" in r.data.tags]  # not the runs holding registered bundles
     by_stage = {r.data.tags["spark_trainer.stage"]: r for r in runs}
     assert set(by_stage) == set(STAGES)
     assert len({r.data.tags["spark_trainer.pipeline_run"] for r in runs}) == 1
@@ -93,8 +100,16 @@ def test_lora_experiment_reruns_only_what_is_downstream(repo):
     root, env, _ = repo
     out, err = _run(["dvc", "exp", "run", "-S", "lora.rank=4", "-n", "lora-rank-4"], root, env)
     log = out + err
-    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized"):
+    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized",
+                  "package", "register", "canary_promote"):
         assert f"Running stage '{stage}'" in log
+    # A new model is a new challenger, compared with the champion to a decision.
+    assert json.loads((root / "metrics/register.json").read_text())["version"] == 2
+    canary = json.loads((root / "metrics/canary_promote.json").read_text())
+    assert (canary["champion_version"], canary["challenger_version"]) == (1, 2)
+    assert canary["decision"] in {"Successful", "Failed", "Inconclusive"} and canary["steps"]
+    audit = [json.loads(line) for line in (root / "registry/promotions.jsonl").read_text().splitlines()]
+    assert audit[-1]["challenger"] == "2" and audit[-1]["decision"] == canary["decision"]
     for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base"):
         assert f"Running stage '{stage}'" not in log
 

@@ -81,13 +81,13 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
 def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dict[str, Any]:
     """Where the bundle came from: git commit, the dvc.lock entries of every stage
     upstream of `stage`, a hash of params.yaml, and the DVC hash of the dataset."""
-    from spark_trainer.tracking import TAG_GIT_COMMIT, TAG_GIT_DIRTY, git_tags
+    from spark_trainer.tracking import TAG_GIT_COMMIT, git_tags
 
-    tags = git_tags()
+    # No "dirty" flag: a pipeline run itself modifies dvc.lock and metrics/, so the flag
+    # would change the bundle digest between two runs of the same commit.
     params = read_yaml(params_path)
     out: dict[str, Any] = {
-        "git_commit": tags.get(TAG_GIT_COMMIT, "unknown"),
-        "git_dirty": tags.get(TAG_GIT_DIRTY, "unknown") == "true",
+        "git_commit": git_tags().get(TAG_GIT_COMMIT, "unknown"),
         "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
         "stages": {}, "data": {"path": data_path, "md5": None},
     }
