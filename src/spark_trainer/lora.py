@@ -81,6 +81,11 @@ def save(peft_model, base_path: str | Path, tokenizer, out_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    for config in peft_model.peft_config.values():
+        # PEFT keeps target_modules as a set and writes it in hash order, which differs
+        # between processes: a sorted list makes adapter_config.json byte-stable.
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
     peft_model.save_pretrained(out_dir / ADAPTER_DIR)
     tokenizer.save_pretrained(out_dir / ADAPTER_DIR)
     base = AutoModelForCausalLM.from_pretrained(base_path)

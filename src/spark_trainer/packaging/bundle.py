@@ -96,13 +96,13 @@ def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dic
         out["stages"] = None  # built outside a DVC project: nothing to record
         return out
     lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")).get("stages", {})
-    for name in upstream_stages(stage):
+    for name, cached in upstream_stages(stage).items():
         entry = lock.get(name)
         if entry is None:
             continue
         out["stages"][name] = {
             "deps": {d["path"]: d.get("md5") or d.get("hash") for d in entry.get("deps", [])},
-            "outs": {o["path"]: o.get("md5") or o.get("hash") for o in entry.get("outs", [])},
+            "outs": {o["path"]: o.get("md5") or o.get("hash") for o in entry.get("outs", []) if o["path"] in cached},
         }
         for o in entry.get("outs", []):
             if o["path"].rstrip("/") == data_path.rstrip("/"):
@@ -110,9 +110,11 @@ def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dic
     return out
 
 
-def upstream_stages(stage: str) -> list[str]:
+def upstream_stages(stage: str) -> dict[str, set[str]]:
     """Every stage `stage` depends on, directly or not (DVC's graph points from a stage
-    to the stages it depends on)."""
+    to the stages it depends on), with the outs DVC caches: data and models. Metrics and
+    plots (cache: false) are left out; training plots hold wall-clock speeds, which would
+    change the lineage, and so the bundle digest, on every run."""
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -121,7 +123,8 @@ def upstream_stages(stage: str) -> list[str]:
         with Repo(".") as repo:
             (target,) = repo.stage.collect(stage)
             graph = repo.index.graph
-            return sorted(s.addressing for s in nx.descendants(graph, target) if getattr(s, "cmd", None))
+            return {s.addressing: {o.def_path for o in s.outs if o.use_cache}
+                    for s in sorted(nx.descendants(graph, target), key=lambda s: s.addressing) if getattr(s, "cmd", None)}
     except (DvcException, ValueError) as e:
         log.warning("lineage: could not read stage '%s' from dvc.yaml (%s); recording no upstream stages", stage, e)
-        return []
+        return {}
