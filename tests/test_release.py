@@ -175,10 +175,13 @@ def test_tampered_bundle_is_refused_naming_the_file(signed):
     assert "tokenizer.json: listed in MANIFEST.json but missing" in run.stderr
 
 
-def test_unsigned_bundle_needs_allow_unsigned(project, assets):
-    write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""}))
+def test_unsigned_bundle_needs_allow_unsigned_and_onnx_export(project, assets):
+    write_params(project / "params.yaml", release_params(assets, package={"signing_key": "", "onnx": True}))
     ok(stage(project, "package"))
     assert metrics(project, "package")["signed"] is False
+    assert metrics(project, "package")["onnx"]["verified_within"] == 1e-4
+    manifest = json.loads((project / "dist" / NAME / "MANIFEST.json").read_text())
+    assert manifest["signing"] == "unsigned" and manifest["files"]["model.onnx"].startswith("sha256:")
     run = stage(project, "register")
     assert run.returncode == 2 and "unsigned" in run.stderr and "register.allow_unsigned" in run.stderr
     write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""},

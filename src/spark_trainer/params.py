@@ -370,6 +370,7 @@ class PackageParams(Section):
     intended_use: str = Field(min_length=1)
     limitations: StrTuple
     signing_key: str                   # PEM file path, or env:VAR; '' for an unsigned bundle
+    onnx: bool                         # also export model.onnx (verified with onnxruntime)
 
 
 class RegisterParams(Section):

@@ -3,6 +3,7 @@ evaluation summaries, lineage, and a signed manifest.
 
     dist/<name>/
       config.json, model.safetensors, tokenizer files   (loadable with from_pretrained)
+      model.onnx                input_ids -> logits, when package.onnx is true
       README.md                 Hugging Face model card with YAML metadata
       evaluation/<name>.json    copies of the evaluate stages' metrics
       lineage.json              git commit, dvc.lock hashes of upstream stages, params hash
@@ -65,6 +66,12 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
             (tmp / "evaluation" / f"{name}.json").write_text(dumps_stable(data), encoding="utf-8")
         (tmp / "lineage.json").write_text(dumps_stable(lineage), encoding="utf-8")
         (tmp / "README.md").write_text(card.render(p, evaluations, lineage), encoding="utf-8")
+        onnx = None
+        if p.onnx:
+            from spark_trainer.packaging import onnx_export
+
+            log.info("exporting %s to ONNX", model_dir)
+            onnx = onnx_export.export(model_dir, tmp / "model.onnx")
         digest = signing.write_manifest(tmp, p.name, signed=key is not None)
         if key is not None:
             signing.sign_manifest(tmp, key)
@@ -72,7 +79,7 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
     files = signing.bundle_files(out_dir)
     return {"name": p.name, "digest": digest, "signed": key is not None, "files": len(files),
             "bytes": sum((out_dir / f).stat().st_size for f in files),
-            "evaluations": sorted(evaluations)}
+            "evaluations": sorted(evaluations), "onnx": onnx}
 
 
 # --------------------------------------------------------------------------- lineage
