@@ -31,7 +31,8 @@ os.environ.update(OFFLINE_ENV)
 SMOKE_OVERRIDES = {
     "sample": {"qa_per_subject": 60, "world_towns": 8, "fact_phrasings": 1, "passages_per_subject": 12,
                "mmlu_test_per_subject": 8,
-               "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4}},
+               "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4},
+               "media": {"videos": 2, "scene_seconds": 1.0}},
     "train": {"tokenizer": {"vocab_size": 320},
               "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                         "intermediate_size": 128, "max_position_embeddings": 64},
