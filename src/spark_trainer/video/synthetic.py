@@ -107,7 +107,8 @@ def scene_audio(scene_index: int, n_samples: int, rng: random.Random) -> np.ndar
 def encode_video(path: Path, scenes: list[Scene], fps: int, scene_frames: int, size: int, with_audio: bool,
                  rng: random.Random) -> None:
     """MPEG-4 Part 2 video (+ AAC audio) in MP4 with the index up front (faststart), so a
-    truncated copy still opens and its truncation shows when it is decoded."""
+    truncated copy still opens and its truncation shows when it is decoded. Every scene
+    starts on a keyframe, as in edited footage."""
     import av
 
     from fractions import Fraction
@@ -118,7 +119,9 @@ def encode_video(path: Path, scenes: list[Scene], fps: int, scene_frames: int, s
         video.width = video.height = size
         video.pix_fmt = "yuv420p"
         video.codec_context.thread_count = 1
-        video.codec_context.gop_size = fps
+        # Keyframes only where scenes start: a keyframe re-quantises the whole picture, and on
+        # a grey background that alone moves hue and saturation enough to look like a cut.
+        video.codec_context.gop_size = fps * 3600
         audio = None
         if with_audio:
             audio = container.add_stream("aac", rate=AUDIO_RATE, options={"flags": "+bitexact"})
@@ -129,6 +132,8 @@ def encode_video(path: Path, scenes: list[Scene], fps: int, scene_frames: int, s
                 frame = av.VideoFrame.from_ndarray(draw_frame(scene, i / max(scene_frames - 1, 1), size), format="rgb24")
                 frame.pts = s * scene_frames + i
                 frame.time_base = Fraction(1, fps)
+                if i == 0:
+                    frame.pict_type = av.video.frame.PictureType.I
                 container.mux(video.encode(frame))
         container.mux(video.encode())
         if audio is not None:
