@@ -50,7 +50,6 @@ def build_model(tokenizer, image_size: int, encoder, decoder, max_tokens: int, s
     gen = model.generation_config
     gen.decoder_start_token_id, gen.bos_token_id = tokenizer.bos_token_id, tokenizer.bos_token_id
     gen.eos_token_id, gen.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    gen.max_length = max_tokens
     return model
 
 
