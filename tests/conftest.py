@@ -32,7 +32,7 @@ SMOKE_OVERRIDES = {
     "sample": {"qa_per_subject": 60, "world_towns": 8, "fact_phrasings": 1, "passages_per_subject": 12,
                "mmlu_test_per_subject": 8,
                "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4},
-               "media": {"videos": 2, "scene_seconds": 1.0}},
+               "media": {"videos": 2, "scene_seconds": 1.0, "fps": 10}},
     "train": {"tokenizer": {"vocab_size": 320},
               "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                         "intermediate_size": 128, "max_position_embeddings": 64},
@@ -46,6 +46,10 @@ SMOKE_OVERRIDES = {
                             "intermediate_size": 64},
                 "block_size": 64, "batch_size": 8, "max_steps": 8, "warmup_steps": 1, "logging_steps": 4,
                 "save_steps": 4},
+    "ingest_video": {"frames": {"fps": 2.0}},
+    "train_captioner": {"holdout": "time", "max_steps": 20, "warmup_steps": 2, "logging_steps": 5,
+                        "save_steps": 10, "efficiency": {"eval_steps": 10}},
+    "evaluate_coco": {"tokenizer": "python", "meteor": "off"},
 }
 
 

@@ -17,6 +17,8 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "quantize": "metrics/quantize.json",
            "distill": "metrics/distill.json",
            "evaluate_safety": "metrics/evaluate_safety.json",
+           "ingest_video": "metrics/ingest_video.json", "train_captioner": "metrics/train_captioner.json",
+           "evaluate_coco": "metrics/evaluate_coco.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
@@ -62,6 +64,12 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     assert {"continuation", "letter"} <= set(scores) and 0 <= scores["continuation"]["acc"]["overall"]["acc"] <= 1
     assert (root / "metrics/evaluate_mmlu/base.predictions.jsonl").is_file()
     assert (root / "reports/safety.md").read_text().startswith("# Safety report")
+    ingest = json.loads((root / "metrics/ingest_video.json").read_text())
+    assert ingest["balanced"] and ingest["cuts"]["missed"] == 0 and not ingest["bad_files"]["mismatches"]
+    assert (root / "models/captioner/config.json").is_file()
+    assert (root / "plots/train_captioner/plots/metrics/train/loss.tsv").is_file()
+    coco_metrics = json.loads((root / "metrics/evaluate_coco.json").read_text())
+    assert coco_metrics["images"] > 0 and {"BLEU-4", "ROUGE-L", "CIDEr-D"} <= set(coco_metrics["model"])
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):
@@ -95,7 +103,8 @@ def test_lora_experiment_reruns_only_what_is_downstream(repo):
     log = out + err
     for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized"):
         assert f"Running stage '{stage}'" in log
-    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base"):
+    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base", "ingest_video",
+                  "train_captioner", "evaluate_coco"):
         assert f"Running stage '{stage}'" not in log
 
 

@@ -47,6 +47,7 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
 
     frames: list[Frame] = []
     decoded, last_t, period, error = 0, 0.0, 0.0, None
+    packets_until = 0.0  # end of the last demuxed packet: how far a keyframes-only pass got
     next_t = 0.0
     try:
         with av.open(str(path)) as container:
@@ -56,25 +57,31 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
                 stream.codec_context.skip_frame = "NONKEY"
             rate = float(stream.average_rate) if stream.average_rate else 25.0
             period = 1.0 / rate
-            for frame in container.decode(stream):
-                decoded += 1
-                t = float(frame.time) if frame.time is not None else (decoded - 1) * period
-                last_t = max(last_t, t)
-                if len(frames) >= max_frames:
-                    continue  # keep decoding: the integrity check needs to reach the end
-                if mode == "fps":
-                    if t + 1e-6 < next_t:
-                        continue
-                    while next_t <= t + 1e-6:  # on a fixed grid (k / fps), so the rate does not drift
-                        next_t += 1.0 / fps
-                image = frame.reformat(width=size, height=size, format="rgb24").to_image()
-                buf = io.BytesIO()
-                image.save(buf, format="JPEG", quality=jpeg_quality)
-                frames.append(Frame(video_id, len(frames), round(t, 6), buf.getvalue(),
-                                    str(imagehash.phash(image, hash_size=hash_size))))
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.time_base is not None:
+                    packets_until = max(packets_until, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                for frame in packet.decode():
+                    decoded += 1
+                    t = float(frame.time) if frame.time is not None else (decoded - 1) * period
+                    last_t = max(last_t, t)
+                    if len(frames) >= max_frames:
+                        continue  # keep decoding: the integrity check needs to reach the end
+                    if mode == "fps":
+                        if t + 1e-6 < next_t:
+                            continue
+                        while next_t <= t + 1e-6:  # on a fixed grid (k / fps), so the rate does not drift
+                            next_t += 1.0 / fps
+                    image = frame.reformat(width=size, height=size, format="rgb24").to_image()
+                    buf = io.BytesIO()
+                    image.save(buf, format="JPEG", quality=jpeg_quality)
+                    frames.append(Frame(video_id, len(frames), round(t, 6), buf.getvalue(),
+                                        str(imagehash.phash(image, hash_size=hash_size))))
     except (av.error.FFmpegError, ValueError) as e:
         error = f"decoding stopped: {getattr(e, 'strerror', None) or type(e).__name__}"
-    return Extraction(frames, decoded, round(last_t + period, 6) if decoded else 0.0, error)
+    until = last_t + period if decoded else 0.0
+    if mode == "keyframes" and decoded:
+        until = max(until, packets_until)  # frames between keyframes were skipped, not missing
+    return Extraction(frames, decoded, round(until, 6), error)
 
 
 def drop_near_duplicates(frames: list[Frame], max_distance: int) -> tuple[list[Frame], int]:

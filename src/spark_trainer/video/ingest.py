@@ -77,6 +77,26 @@ def _quarantine(item: dict, reason: str, detail: str) -> dict:
     return item
 
 
+def _unsupported(path: Path, source: str, created_at: str) -> dict:
+    """A file of no configured type, quarantined. Its content_type follows its MIME type;
+    a text file keeps its text (the manifest's rule for text items), anything else is
+    filed under video, what the folder is ingested for."""
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    kind = next((k for k in ("image", "audio", "video") if mime.startswith(k + "/")), "video")
+    text = None
+    if mime.startswith("text/") and path.stat().st_size <= 1 << 20:
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8") if data.decode("utf-8").encode("utf-8") == data else None
+        except UnicodeDecodeError:
+            text = None
+    item = _base_item("text" if text is not None else kind, path, source, created_at)
+    if text is not None:
+        item["text"] = text
+    return _quarantine(item, "unsupported_type", f"extension '{path.suffix}' is not configured in "
+                                                 "ingest_video.extensions")
+
+
 def _overlapping(segments: list[dict], start: float, end: float) -> list[int]:
     return [s["id"] for s in segments if s["start_s"] < end and s["end_s"] > start]
 
@@ -196,13 +216,10 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
     truth_by_id: dict[str, dict | None] = {}
     for path in files:
         kind = classify(path.name, p)
-        item = _base_item(kind or "video", path, src, created_at)
         if kind is None:
-            item["content_type"] = "video" if item["mime_type"].startswith("video/") else \
-                next((k for k in ("image", "audio", "text") if item["mime_type"].startswith(k)), "text")
-            result.items.append(_quarantine(item, "unsupported_type", f"extension '{path.suffix}' is not configured "
-                                            "in ingest_video.extensions"))
+            result.items.append(_unsupported(path, src, created_at))
         elif kind == "video":
+            item = _base_item(kind, path, src, created_at)
             item, kept, stats = ingest_video(path, item, p, transcriber, resolved.reason,
                                              truth_videos.get(path.name))
             result.items.append(item)
@@ -211,12 +228,13 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
                 per_video[path.name] = stats
                 truth_by_id[item["id"]] = truth_videos.get(path.name)
         elif kind == "image":
-            item, data = ingest_image(path, item, p.image_format)
+            item, data = ingest_image(path, _base_item(kind, path, src, created_at), p.image_format)
             result.items.append(item)
             if data is not None:
                 result.files[item["processed_path"]] = data
         else:
-            result.items.append(ingest_audio(path, item, transcriber, resolved.reason))
+            result.items.append(ingest_audio(path, _base_item(kind, path, src, created_at), transcriber,
+                                             resolved.reason))
         last = result.items[-1]
         if last["quality_scores"]["integrity"] == "ok":
             kinds[last["content_type"]] += 1
