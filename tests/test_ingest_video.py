@@ -3,6 +3,7 @@ Whisper (a tiny checkpoint built here), manifest schema, params errors."""
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -234,5 +235,5 @@ def test_params_errors_name_the_key(raw_change, message):
     from tests.conftest import deep_merge
 
     raw = deep_merge(repo_params()["ingest_video"], raw_change)
-    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(ParamsError, match=re.escape(message)):
         validate_section("ingest_video", raw)
