@@ -13,7 +13,10 @@ when its Stanford CoreNLP jars are. The scorers are called one by one, as
 
 Tokenization: pycocoevalcap's PTBTokenizer (Stanford CoreNLP, needs Java), or without
 Java `python_tokenize`: lower-case, split off punctuation, PTB's contractions and
-possessives, drop the punctuation tokens PTBTokenizer drops. Both sides (references and
+possessives, brackets as -lrb- / -rrb- (what PTBTokenizer leaves after lower-casing),
+drop the punctuation tokens PTBTokenizer drops. It matches PTBTokenizer on the test's
+sentences (tests/test_evaluate_coco.py); PTB's quote heuristics on apostrophes
+after a contraction ("I'm ... we'll") are not reproduced. Both sides (references and
 predictions) always go through the same tokenizer.
 """
 
@@ -29,8 +32,13 @@ from pathlib import Path
 # What pycocoevalcap's PTBTokenizer removes after tokenizing (its PUNCTUATIONS list).
 PTB_PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
                     "...", ";"}
-_BRACKETS = str.maketrans({"(": " ", ")": " ", "[": " ", "]": " ", "{": " ", "}": " "})
-_TOKEN = re.compile(r"n't\b|'(?:s|re|ve|ll|d|m)\b|\.\.\.|--|\w+(?:[-/.]\w+)*(?=n't\b)|\w+(?:[-/.]\w+)*|[^\w\s]")
+# PTBTokenizer writes brackets as -LRB- ... and, lower-casing, keeps them (its list has upper case only);
+# double quotes become `` / '' and are dropped; "cannot" is split in two.
+_BRACKETS = {"(": " -lrb- ", ")": " -rrb- ", "[": " -lsb- ", "]": " -rsb- ", "{": " -lcb- ", "}": " -rcb- ", '"': " "}
+_BRACKETS_TABLE = str.maketrans(_BRACKETS)
+_TOKEN = re.compile(r"-[lr][rsc]b-|n't\b|'(?:s|re|ve|ll|d|m)\b|\.\.\.|--|\w+(?:[-/.]\w+)*(?=n't\b)"
+                    r"|\w+(?:[-/.]\w+)*|[^\w\s]")
+_CANNOT = re.compile(r"\bcannot\b")
 
 
 def java_available() -> bool:
@@ -39,7 +47,7 @@ def java_available() -> bool:
 
 def python_tokenize(caption: str) -> str:
     """PTB-style tokens of one caption, punctuation removed, joined by spaces."""
-    text = caption.replace("\n", " ").lower().translate(_BRACKETS)
+    text = _CANNOT.sub("can not", caption.replace("\n", " ").lower().translate(_BRACKETS_TABLE))
     return " ".join(t for t in _TOKEN.findall(text) if t not in PTB_PUNCTUATIONS)
 
 

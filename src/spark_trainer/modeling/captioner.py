@@ -94,10 +94,16 @@ class Captioner:
                                    f"save_pretrained (e.g. models/captioner) or a reachable hub id") from e
         self.model.eval()
         self.source = source
+        # A decoder cannot generate past its position table (ours is sized to the longest caption).
+        decoder = getattr(self.model.config, "decoder", None) or getattr(self.model.config, "text_config", None)
+        self.max_positions = (getattr(decoder, "max_position_embeddings", None) or getattr(decoder, "n_positions", None)
+                              if decoder is not None else None)
 
     def caption(self, images, max_new_tokens: int, batch_size: int) -> list[str]:
         import torch
 
+        if self.max_positions:
+            max_new_tokens = min(max_new_tokens, self.max_positions - 1)
         out: list[str] = []
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
