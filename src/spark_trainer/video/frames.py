@@ -44,6 +44,7 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
     reported, not raised: the integrity check decides what it means."""
     import av
     import imagehash
+    from av.video.reformatter import VideoReformatter
 
     frames: list[Frame] = []
     decoded, last_t, period, error = 0, 0.0, 0.0, None
@@ -52,11 +53,12 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             if mode == "keyframes":
                 stream.codec_context.skip_frame = "NONKEY"
             rate = float(stream.average_rate) if stream.average_rate else 25.0
             period = 1.0 / rate
+            # One scaler for the whole video: frame.reformat() builds a new one per frame (~1 ms each).
+            scaler = VideoReformatter()
             for packet in container.demux(stream):
                 if packet.pts is not None and packet.time_base is not None:
                     packets_until = max(packets_until, float((packet.pts + (packet.duration or 0)) * packet.time_base))
@@ -71,7 +73,7 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
                             continue
                         while next_t <= t + 1e-6:  # on a fixed grid (k / fps), so the rate does not drift
                             next_t += 1.0 / fps
-                    image = frame.reformat(width=size, height=size, format="rgb24").to_image()
+                    image = scaler.reformat(frame, width=size, height=size, format="rgb24").to_image()
                     buf = io.BytesIO()
                     image.save(buf, format="JPEG", quality=jpeg_quality)
                     frames.append(Frame(video_id, len(frames), round(t, 6), buf.getvalue(),
