@@ -110,7 +110,7 @@ def test_beats_a_constant_caption_on_held_out_frames(trained):
     constant = coco.constant_caption([r["caption"] for r in trained["train"]])
     scores = {}
     for name, texts in (("model", preds), ("constant", [constant] * len(held))):
-        ann, res = coco.coco_caption_files(ids, refs, dict(zip(ids, texts)))
+        ann, res = coco.coco_caption_files(ids, refs, dict(zip(ids, texts, strict=True)))
         gts, res = coco.gts_res(ann, res)
         scores[name] = coco.caption_scores(coco.tokenize(gts, "python"), coco.tokenize(res, "python"))
     assert scores["model"]["CIDEr-D"] > scores["constant"]["CIDEr-D"] + 1.0
