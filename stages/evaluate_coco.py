@@ -14,6 +14,7 @@ import json
 import logging
 
 from spark_trainer import tracking
+from spark_trainer.errors import InputDataError
 from spark_trainer.evaluation import coco
 from spark_trainer.modeling.captioner import Captioner, decode_jpegs
 from spark_trainer.outputs import atomic_path, write_metrics, write_text_atomic, write_timings
@@ -34,6 +35,9 @@ def main() -> None:
     split = json.loads(args.split.read_text(encoding="utf-8"))
     rows = {f["frame_id"]: f for f in read_frames(args.frames_dir)}
     held = [fid for fid in split["heldout"] if fid in rows]
+    if not held:
+        raise InputDataError(f"{args.split} holds out no frame of {args.frames_dir}; raise "
+                             "train_captioner.holdout_fraction or ingest more frames")
     references = {fid: [rows[fid]["caption"]] for fid in held}
 
     with timer.phase("generate"):
@@ -49,7 +53,7 @@ def main() -> None:
     with timer.phase("score"):
         gts, res = coco.gts_res(annotations, results)
         _, base_res = coco.gts_res(annotations, baseline_results)
-        gts, res, base_res = (coco.tokenize(d, tokenizer) for d in (gts, res, base_res))
+        gts, res, base_res = coco.tokenize_many([gts, res, base_res], tokenizer)
         meteor = None
         if meteor_on:
             from pycocoevalcap.meteor.meteor import Meteor

@@ -60,6 +60,13 @@ def tokenize(captions: dict[int, list[str]], tokenizer: str) -> dict[int, list[s
     return {k: [python_tokenize(c) for c in v] for k, v in captions.items()}
 
 
+def tokenize_many(parts: list[dict[int, list[str]]], tokenizer: str) -> list[dict[int, list[str]]]:
+    """`tokenize` on several dicts in one call: PTBTokenizer starts a JVM per call."""
+    merged = {(n, k): v for n, part in enumerate(parts) for k, v in part.items()}
+    done = tokenize(merged, tokenizer)
+    return [{k: done[(n, k)] for k in part} for n, part in enumerate(parts)]
+
+
 def resolve_tokenizer(choice: str) -> str:
     if choice == "auto":
         return "ptb" if java_available() else "python"

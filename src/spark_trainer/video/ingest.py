@@ -196,6 +196,10 @@ def _frame_items(frames: list[frame_ops.Frame], shard_names: list[str], shard_si
 def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, created_at: str, out_dir: Path) -> IngestOutput:
     """Everything in `source` (top level, sorted by name) into `out_dir`'s frame shards,
     plus the manifest items and metrics (the caller writes those)."""
+    if not source.is_dir():
+        from spark_trainer.errors import InputDataError
+
+        raise InputDataError(f"ingest_video.source '{source}' is not a folder; point it at a folder of media files")
     result = IngestOutput()
     src = str(source)
     resolved = transcription.resolve_checkpoint(p.transcription.backend, p.transcription.checkpoint,
@@ -203,10 +207,6 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
     transcriber = None
     if resolved.checkpoint is not None:
         transcriber = transcription.Transcriber(resolved.checkpoint, p.transcription.language)
-    if not source.is_dir():
-        from spark_trainer.errors import InputDataError
-
-        raise InputDataError(f"ingest_video.source '{source}' is not a folder; point it at a folder of media files")
     entries = sorted(source.iterdir(), key=lambda e: e.name)
     files = [e for e in entries if e.is_file() and not e.is_symlink() and e.name != "ground_truth.json"]
     kinds: Counter = Counter()
