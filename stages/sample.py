@@ -1,23 +1,34 @@
 """Generate the embedded default data deterministically from `sample` params.
 
-    python stages/sample.py data/sample metrics/sample.json
+    python stages/sample.py data/sample data/sample_media metrics/sample.json
 
 Writes `corpus.jsonl` (id, subject, text), `labels.jsonl` (the planted problems:
 duplicates, PII, toxic lines; an id absent from it is clean) and an MMLU-format set
-(`mmlu/dev/<subject>_dev.csv`, `mmlu/test/<subject>_test.csv`).
+(`mmlu/dev/<subject>_dev.csv`, `mmlu/test/<subject>_test.csv`). The media folder gets
+short videos with planted scene cuts and reference captions, bad files, a photo with
+GPS tags and a WAV file, with `ground_truth.json` (a separate output, so the text
+branch of the DAG does not rerun when the videos change).
 """
 
 
 from spark_trainer import tracking
 from spark_trainer.data import sample
-from spark_trainer.outputs import atomic_path, write_jsonl_atomic, write_metrics, write_text_atomic, write_timings
+from spark_trainer.outputs import (
+    atomic_path,
+    dumps_stable,
+    write_jsonl_atomic,
+    write_metrics,
+    write_text_atomic,
+    write_timings,
+)
 from spark_trainer.params import SampleParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
+from spark_trainer.video import synthetic
 
 
 @entrypoint
 def main() -> None:
-    args = path_args(__doc__, "out_dir", "metrics")
+    args = path_args(__doc__, "out_dir", "media_dir", "metrics")
 
     p: SampleParams = load_section("sample")
     timer = Timer()
@@ -34,7 +45,14 @@ def main() -> None:
             for split, rows in splits.items():
                 write_text_atomic(tmp / "mmlu" / split / f"{subject}_{split}.csv", sample.mmlu_csv(rows))
 
-    write_metrics(args.metrics, sample.summary(data))
+    m = p.media
+    with timer.phase("media"), atomic_path(args.media_dir) as tmp:
+        tmp.mkdir()
+        truth = synthetic.generate(tmp, p.seed, m.videos, m.scenes_per_video, m.scene_seconds, m.fps, m.size,
+                                   m.static_every)
+        write_text_atomic(tmp / "ground_truth.json", dumps_stable(truth))
+
+    write_metrics(args.metrics, {**sample.summary(data), "media": synthetic.summary(truth)})
     write_timings(args.metrics, timer.total())
     tracking.mirror_stage("sample", p, args.metrics)
 

@@ -31,7 +31,8 @@ os.environ.update(OFFLINE_ENV)
 SMOKE_OVERRIDES = {
     "sample": {"qa_per_subject": 60, "world_towns": 8, "fact_phrasings": 1, "passages_per_subject": 12,
                "mmlu_test_per_subject": 8,
-               "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4}},
+               "planted": {"exact_duplicates": 4, "near_duplicates": 4, "pii": 6, "toxic": 4},
+               "media": {"videos": 2, "scene_seconds": 1.0, "fps": 10}},
     "train": {"tokenizer": {"vocab_size": 320},
               "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                         "intermediate_size": 128, "max_position_embeddings": 64},
@@ -48,6 +49,10 @@ SMOKE_OVERRIDES = {
     "canary_promote": {"traffic": {"max_items": 24}, "serving": {"max_new_tokens": 8},
                        "analysis": {"min_samples": 5, "bootstrap_resamples": 200},
                        "rules": {"accuracy": {"floor": None}}},  # a smoke model answers almost nothing right
+    "ingest_video": {"frames": {"fps": 2.0}},
+    "train_captioner": {"holdout": "time", "max_steps": 20, "warmup_steps": 2, "logging_steps": 5,
+                        "save_steps": 10, "efficiency": {"eval_steps": 10}},
+    "evaluate_coco": {"tokenizer": "python", "meteor": "off"},
 }
 
 

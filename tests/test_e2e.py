@@ -19,6 +19,8 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "evaluate_safety": "metrics/evaluate_safety.json",
            "package": "metrics/package.json", "register": "metrics/register.json",
            "canary_promote": "metrics/canary_promote.json",
+           "ingest_video": "metrics/ingest_video.json", "train_captioner": "metrics/train_captioner.json",
+           "evaluate_coco": "metrics/evaluate_coco.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
@@ -68,6 +70,12 @@ def test_repro_runs_every_stage_and_writes_outputs(repo):
     canary = json.loads((root / "metrics/canary_promote.json").read_text())
     assert (canary["decision"], canary["status"], canary["challenger_version"]) == ("Successful", "promoted", 1)
     assert (root / "dist/spark-trainer-arithmetic/MANIFEST.json").is_file()
+    ingest = json.loads((root / "metrics/ingest_video.json").read_text())
+    assert ingest["balanced"] and ingest["cuts"]["missed"] == 0 and not ingest["bad_files"]["mismatches"]
+    assert (root / "models/captioner/config.json").is_file()
+    assert (root / "plots/train_captioner/plots/metrics/train/loss.tsv").is_file()
+    coco_metrics = json.loads((root / "metrics/evaluate_coco.json").read_text())
+    assert coco_metrics["images"] > 0 and {"BLEU-4", "ROUGE-L", "CIDEr-D"} <= set(coco_metrics["model"])
 
 
 def test_stage_runs_are_mirrored_and_linked(repo):
@@ -110,7 +118,8 @@ def test_lora_experiment_reruns_only_what_is_downstream(repo):
     assert canary["decision"] in {"Successful", "Failed", "Inconclusive"} and canary["steps"]
     audit = [json.loads(line) for line in (root / "registry/promotions.jsonl").read_text().splitlines()]
     assert audit[-1]["challenger"] == "2" and audit[-1]["decision"] == canary["decision"]
-    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base"):
+    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base", "ingest_video",
+                  "train_captioner", "evaluate_coco"):
         assert f"Running stage '{stage}'" not in log
 
 

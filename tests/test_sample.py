@@ -25,9 +25,11 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def test_sample_stage_is_byte_identical_for_one_seed(project):
     for out in ("a", "b"):
-        subprocess.run([sys.executable, str(REPO / "stages/sample.py"), out, f"metrics_{out}.json"], check=True,
-                       env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
+        subprocess.run([sys.executable, str(REPO / "stages/sample.py"), out, f"media_{out}", f"metrics_{out}.json"],
+                       check=True, env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
     assert _tree_digest(project / "a") == _tree_digest(project / "b")
+    assert _tree_digest(project / "media_a") == _tree_digest(project / "media_b")  # videos included
+    assert {"video_00.mp4", "ground_truth.json", "empty.mp4", "corrupt.mp4"} <= set(_tree_digest(project / "media_a"))
     assert (project / "metrics_a.json").read_bytes() == (project / "metrics_b.json").read_bytes()
     files = set(_tree_digest(project / "a"))
     assert {"corpus.jsonl", "labels.jsonl", "mmlu/dev/arithmetic_dev.csv", "mmlu/test/world_facts_test.csv"} <= files
@@ -102,7 +104,7 @@ def test_too_many_questions_asked_names_the_param():
 
 
 def test_corpus_lines_are_json_objects_with_id_subject_text(project):
-    subprocess.run([sys.executable, str(REPO / "stages/sample.py"), "out", "m.json"], check=True,
+    subprocess.run([sys.executable, str(REPO / "stages/sample.py"), "out", "media", "m.json"], check=True,
                    env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
     lines = (project / "out/corpus.jsonl").read_text().splitlines()
     assert all(set(json.loads(line)) == {"id", "subject", "text"} for line in lines)

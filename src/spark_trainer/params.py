@@ -67,6 +67,7 @@ class SampleParams(Section):
     mmlu_dev_per_subject: PositiveInt
     mmlu_test_per_subject: Annotated[int, Field(ge=4)]
     planted: PlantedParams
+    media: SampleMediaParams  # synthetic videos for ingest_video (defined with the video stages below)
 
     @model_validator(mode="after")
     def _unique_subjects(self) -> SampleParams:
@@ -449,6 +450,167 @@ class CanaryPromoteParams(Section):
         return self
 
 
+# --------------------------------------------------------------------------- video branch
+
+
+class SampleMediaParams(Section):
+    """`sample.media`: the synthetic videos (planted cuts, captions) and bad files."""
+
+    videos: Annotated[int, Field(ge=1, le=50)]
+    scenes_per_video: Annotated[int, Field(ge=2, le=20)]
+    scene_seconds: Annotated[float, Field(ge=0.5, le=30)]
+    fps: Annotated[int, Field(ge=4, le=60)]
+    size: Annotated[int, Field(ge=32, le=512, multiple_of=16)]
+    static_every: NonNegativeInt  # every n-th scene is a static shot (near-duplicate frames); 0: none
+
+
+class IntegrityParams(Section):
+    min_duration_s: Annotated[float, Field(ge=0)]
+    max_duration_s: Annotated[float, Field(gt=0)]
+    require_audio: bool
+    truncation_tolerance_s: Annotated[float, Field(ge=0)]  # decoded this much shorter than declared: truncated
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntegrityParams:
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("min_duration_s must be below max_duration_s")
+        return self
+
+
+class FramesParams(Section):
+    mode: Literal["fps", "keyframes"]
+    fps: Annotated[float, Field(gt=0, le=60)]  # used when mode is fps
+    size: Annotated[int, Field(ge=16, le=1024)]  # frames are resized to size x size
+    max_per_video: PositiveInt
+    jpeg_quality: Annotated[int, Field(ge=10, le=100)]
+    shard_size: PositiveInt  # frames per Parquet shard
+
+
+class ScenesParams(Section):
+    detector: Literal["content", "adaptive", "threshold"]
+    threshold: Annotated[float, Field(gt=0)]
+    min_scene_len: PositiveInt  # frames
+
+
+class FrameDedupParams(Section):
+    enabled: bool
+    hash_size: Annotated[int, Field(ge=4, le=32)]
+    max_distance: NonNegativeInt  # perceptual-hash Hamming distance at or below which a frame is a duplicate
+
+
+class TranscriptionParams(Section):
+    backend: Literal["whisper", "none"]
+    checkpoint: str  # a Whisper .pt file; "" looks for <cache_dir>/<model>.pt
+    model: str = Field(min_length=1)  # Whisper model name, for the cache lookup (tiny, base, small, ...)
+    cache_dir: str = Field(min_length=1)
+    language: str  # "" lets Whisper detect it
+
+
+class CaptionsParams(Section):
+    backend: Literal["reference", "hf", "none"]
+    model: str  # hf: a hub id or local folder (e.g. models/captioner from an earlier run)
+    max_new_tokens: PositiveInt
+    batch_size: PositiveInt
+
+    @model_validator(mode="after")
+    def _model(self) -> CaptionsParams:
+        if self.backend == "hf" and not self.model:
+            raise ValueError("backend 'hf' needs model: <hub id or local folder>")
+        return self
+
+
+class MediaExtensionsParams(Section):
+    video: Annotated[StrTuple, Field(min_length=1)]
+    image: StrTuple
+    audio: StrTuple
+
+
+class IngestVideoParams(Section):
+    source: str = Field(min_length=1)  # the folder to ingest (a dvc.yaml dep through templating)
+    ground_truth: str  # planted cuts and reference captions of the sample; "" for real data
+    extensions: MediaExtensionsParams
+    integrity: IntegrityParams
+    frames: FramesParams
+    scenes: ScenesParams
+    dedup: FrameDedupParams
+    transcription: TranscriptionParams
+    captions: CaptionsParams
+    image_format: Literal["png", "jpeg"]  # what stand-alone images are converted to
+
+    @model_validator(mode="after")
+    def _reference(self) -> IngestVideoParams:
+        if self.captions.backend == "reference" and not self.ground_truth:
+            raise ValueError("captions.backend 'reference' needs ground_truth (the reference captions)")
+        return self
+
+
+class VisionEncoderParams(Section):
+    patch_size: PositiveInt
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    intermediate_size: PositiveInt
+
+    @model_validator(mode="after")
+    def _heads(self) -> VisionEncoderParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        return self
+
+
+class TextDecoderParams(Section):
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+
+    @model_validator(mode="after")
+    def _heads(self) -> TextDecoderParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        return self
+
+
+class TrainCaptionerParams(LoopParams):
+    """block_size is the longest caption in tokens (with start and end tokens)."""
+
+    holdout: Literal["time", "video"]  # time: the last frames of every scene | video: whole videos
+    holdout_fraction: Fraction
+    image_size: Annotated[int, Field(ge=16, le=1024)]
+    encoder: VisionEncoderParams
+    decoder: TextDecoderParams
+
+    @model_validator(mode="after")
+    def _patches(self) -> TrainCaptionerParams:
+        if self.image_size % self.encoder.patch_size:
+            raise ValueError("image_size must be a multiple of encoder.patch_size")
+        return self
+
+
+class CocoDetectionParams(Section):
+    annotations: str  # COCO instances JSON (ground truth); "" skips detection metrics
+    results: str      # COCO results JSON (bbox, and segmentation when present)
+    iou_types: Annotated[tuple[Literal["bbox", "segm"], ...], Field(strict=False, min_length=1)]
+
+    @model_validator(mode="after")
+    def _pair(self) -> CocoDetectionParams:
+        if bool(self.annotations) != bool(self.results):
+            raise ValueError("annotations and results go together: set both or neither")
+        return self
+
+
+class EvaluateCocoParams(Section):
+    model: str = Field(min_length=1)  # the captioner folder (or hub id) to evaluate
+    max_new_tokens: PositiveInt
+    batch_size: PositiveInt
+    tokenizer: Literal["auto", "ptb", "python"]  # auto: PTBTokenizer when Java is installed, else python
+    meteor: Literal["auto", "off"]  # auto: when Java is installed
+    spice: Literal["auto", "off"]   # auto: when SPICE's jars are installed
+    detection: CocoDetectionParams
+
+
+SampleParams.model_rebuild()  # its `media` field is SampleMediaParams, defined in this block
+
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
@@ -463,6 +625,9 @@ SECTIONS: dict[str, type[Section]] = {
     "package": PackageParams,
     "register": RegisterParams,
     "canary_promote": CanaryPromoteParams,
+    "ingest_video": IngestVideoParams,
+    "train_captioner": TrainCaptionerParams,
+    "evaluate_coco": EvaluateCocoParams,
 }
 
 

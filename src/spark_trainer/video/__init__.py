@@ -1,0 +1,1 @@
+"""Video, image and audio ingestion: probe, integrity, frames, scenes, audio, transcription, captions."""

@@ -1,0 +1,55 @@
+"""Whisper transcription from a local checkpoint, with timestamped segments.
+
+Whisper's `load_model("tiny")` downloads; this module only ever loads a local `.pt`
+(`transcription.checkpoint`, or `<cache_dir>/<model>.pt`, where `whisper` itself caches
+downloads). When there is none, transcription is skipped and the reason recorded.
+`transcribe` gets a float32 16 kHz array, which needs no ffmpeg binary.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Resolved:
+    checkpoint: Path | None
+    reason: str  # why transcription is skipped ("" when a checkpoint was found)
+
+
+def resolve_checkpoint(backend: str, checkpoint: str, model: str, cache_dir: str) -> Resolved:
+    if backend == "none":
+        return Resolved(None, "transcription.backend is none")
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if path.is_file():
+            return Resolved(path, "")
+        return Resolved(None, f"no Whisper checkpoint at transcription.checkpoint ({checkpoint})")
+    cached = Path(os.path.expanduser(cache_dir)) / f"{model}.pt"
+    if cached.is_file():
+        return Resolved(cached, "")
+    # The reason names the params, not this machine's absolute paths (metrics stay portable).
+    return Resolved(None, f"no Whisper checkpoint: {cache_dir}/{model}.pt not found and transcription.checkpoint "
+                          f"is empty; set it to a Whisper .pt file")
+
+
+class Transcriber:
+    def __init__(self, checkpoint: Path, language: str) -> None:
+        import whisper
+
+        self.model = whisper.load_model(str(checkpoint), device="cpu")
+        self.language = language or None
+
+    def transcribe(self, audio: np.ndarray) -> list[dict]:
+        """Segments `{id, start_s, end_s, text}` (greedy decoding: the same audio gives
+        the same text)."""
+        if audio.size == 0:
+            return []
+        result = self.model.transcribe(audio.astype(np.float32), language=self.language, fp16=False,
+                                       temperature=0.0, condition_on_previous_text=False, verbose=None)
+        return [{"id": i, "start_s": round(float(s["start"]), 3), "end_s": round(float(s["end"]), 3),
+                 "text": s["text"].strip()} for i, s in enumerate(result["segments"])]
