@@ -13,7 +13,6 @@ the champion, and every move is appended to the git-tracked audit log.
 from spark_trainer import registry, tracking
 from spark_trainer.canary import adapters, analysis, promotion, report, traffic
 from spark_trainer.canary.replay import Replayer
-from spark_trainer.errors import RegistryError
 from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
 from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, load_section
 from spark_trainer.quality import toxicity
@@ -32,8 +31,7 @@ def main() -> None:
     items = traffic.build(p.traffic, probes)
 
     challenger = registry.resolve_alias(uri, name, registry.CHALLENGER)
-    if challenger is None:
-        raise RegistryError(f"'{name}' has no '{registry.CHALLENGER}' alias: run `dvc repro register` first")
+    registry.check_registered(challenger, args.registered)
     champion = registry.resolve_alias(uri, name, registry.CHAMPION)
     if champion is None:
         registry.check_champion_unset(uri, name, args.audit)

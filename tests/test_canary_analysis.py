@@ -132,3 +132,28 @@ def test_rest_template_and_reply_path():
 def test_bad_canary_params_name_the_key(override, message):
     with pytest.raises(ParamsError, match=message):
         validate_section("canary_promote", deep_merge(repo_params()["canary_promote"], override))
+
+
+def test_paired_replay_interleaves_the_models_and_asks_each_item_once():
+    from spark_trainer.canary.replay import Replayer
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def complete(self, prompt, max_tokens):
+            calls.append((self.name, prompt))
+            return "ok"
+
+    items = [Item(f"q{i}", "question", f"p{i}", "ok") for i in range(10)]
+    replayer = Replayer({"champion": Recorder("a"), "challenger": Recorder("b")}, 4, 5,
+                        lambda item, reply: {"correct": True})
+    first = replayer.route("canary", items, 50, 0)
+    assert [c[0] for c in calls] == ["a", "b"] * 5 and len(first["challenger"]) == 5
+    replayer.route("canary", items, 100, 0)
+    assert len(calls) == 20  # the first half was not asked again
+    split = Replayer({"champion": Recorder("a"), "challenger": Recorder("b")}, 4, 5, lambda i, r: {}).route(
+        "ab", items, 100, 0)
+    assert sorted(r.item.id for rs in split.values() for r in rs) == sorted(i.id for i in items)

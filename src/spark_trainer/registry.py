@@ -215,3 +215,16 @@ def check_champion_unset(uri: str, name: str, audit_path: str | Path) -> None:
                             "<version> --by <you> --force`") from e
     raise RegistryError(f"alias '{CHAMPION}' of '{name}' is unset, but {audit_path} says version {version} holds "
                         f"it: restore it with `python scripts/approve.py {name} {version} --by <you> --force`")
+
+
+def check_registered(challenger: Version | None, register_metrics: str | Path) -> None:
+    """The `challenger` alias must point at the version the register stage reported, or
+    the registry changed behind this workspace's back (another run, a hand edit)."""
+    reported = json.loads(Path(register_metrics).read_text(encoding="utf-8"))
+    name, version = reported["name"], str(reported["version"])
+    if challenger is None:
+        raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro register` first")
+    if challenger.version != version:
+        raise RegistryError(f"alias '{CHALLENGER}' of '{name}' is version {challenger.version}, but this workspace "
+                            f"registered version {version} ({register_metrics}): another run moved it; run "
+                            "`dvc repro -f register` to point it back at this workspace's bundle")

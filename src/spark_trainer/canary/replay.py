@@ -64,11 +64,17 @@ class Replayer:
 
     def route(self, mode: str, items: list[Item], percent: int, seed: int) -> dict[str, list[Reply]]:
         """The replies of one step. canary/shadow: the first `percent` % of the traffic,
-        answered by both models (paired). ab: the same share, split between the models by
-        a seeded coin per item (unpaired)."""
+        answered by both models one item after the other (paired). ab: the same share,
+        split between the models by a seeded coin per item (unpaired)."""
         routed = items[: max(1, math.ceil(len(items) * percent / 100))]
         if mode != "ab":
-            return {arm: [self.ask(arm, it) for it in routed] for arm in ARMS}
+            # Interleaved, item by item: a burst of load on the machine or the network then
+            # slows both models alike instead of skewing one arm's latency.
+            replies: dict[str, list[Reply]] = {arm: [] for arm in ARMS}
+            for it in routed:
+                for arm in ARMS:
+                    replies[arm].append(self.ask(arm, it))
+            return replies
         coin = np.random.default_rng(seed).random(len(items))[: len(routed)]
         return {"challenger": [self.ask("challenger", it) for it, u in zip(routed, coin, strict=True) if u < 0.5],
                 "champion": [self.ask("champion", it) for it, u in zip(routed, coin, strict=True) if u >= 0.5]}
