@@ -25,21 +25,25 @@ def values(replies: list[Reply], metric: str) -> dict[str, float]:
     return {r.item.id: float(r.scores[key]) for r in replies if not r.error and key in r.scores}
 
 
+def over_limits(errors: dict[str, Any], a: AnalysisParams) -> bool:
+    """More failed requests than `failure_limit` allows, or `consecutive_error_limit` in a row."""
+    return bool(errors["requests"]) and (errors["errors"] / errors["requests"] > a.failure_limit
+                                         or errors["max_consecutive_errors"] >= a.consecutive_error_limit)
+
+
 def step(replies: dict[str, list[Reply]], paired: bool, rules: dict[str, MetricRule], a: AnalysisParams,
          percent: int) -> dict[str, Any]:
     errors = {arm: error_summary(rs) for arm, rs in replies.items()}
     out: dict[str, Any] = {"traffic_percent": percent, "errors": errors, "metrics": {}}
     chal = errors["challenger"]
-    if chal["requests"] and (chal["errors"] / chal["requests"] > a.failure_limit
-                             or chal["max_consecutive_errors"] >= a.consecutive_error_limit):
+    if over_limits(chal, a):
         out["outcome"] = "Failed"
         out["reason"] = (f"challenger requests failed: {chal['errors']}/{chal['requests']} (limit "
                          f"{a.failure_limit:g}), {chal['max_consecutive_errors']} in a row (limit "
                          f"{a.consecutive_error_limit}); first: {chal['first_error']}")
         return out
     champ = errors["champion"]
-    if champ["requests"] and (champ["errors"] / champ["requests"] > a.failure_limit
-                              or champ["max_consecutive_errors"] >= a.consecutive_error_limit):
+    if over_limits(champ, a):
         out["outcome"] = "Inconclusive"
         out["reason"] = f"champion requests failed ({champ['errors']}/{champ['requests']}; first: " \
                         f"{champ['first_error']}): nothing to compare with"
@@ -92,8 +96,7 @@ def first_champion(replies: list[Reply], rules: dict[str, MetricRule], a: Analys
     """No champion yet: the challenger alone against the rules' absolute floors."""
     errors = error_summary(replies)
     out: dict[str, Any] = {"traffic_percent": 100, "errors": {"challenger": errors}, "metrics": {}}
-    if errors["requests"] and (errors["errors"] / errors["requests"] > a.failure_limit
-                               or errors["max_consecutive_errors"] >= a.consecutive_error_limit):
+    if over_limits(errors, a):
         out["outcome"] = "Failed"
         out["reason"] = f"challenger requests failed: {errors['errors']}/{errors['requests']}; " \
                         f"first: {errors['first_error']}"
