@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spark_trainer import registry, tracking
+from spark_trainer import tracking
 from spark_trainer.canary import promotion
 from spark_trainer.errors import SparkTrainerError
 from spark_trainer.params import TrackingParams, load_section
+from spark_trainer.registry import model_registry
 
 AUDIT = "registry/promotions.jsonl"
 
@@ -23,17 +24,17 @@ AUDIT = "registry/promotions.jsonl"
 def approve(model: str, version: str, by: str, force: bool = False, audit: str = AUDIT) -> str:
     settings: TrackingParams = load_section("tracking")  # type: ignore[assignment]
     uri = tracking.tracking_uri(settings)
-    target = registry.get_version(uri, model, version)  # a deleted version fails here, clearly
+    target = model_registry.get_version(uri, model, version)  # a deleted version fails here, clearly
     state = target.tags.get(promotion.TAG_CANARY)
     if state != "awaiting_approval" and not force:
         raise SparkTrainerError(f"{target.uri} is not awaiting approval (canary state: {state or 'none'}); "
                                 "run the canary first, or pass --force to approve it anyway")
-    champion = registry.resolve_alias(uri, model, registry.CHAMPION)
+    champion = model_registry.resolve_alias(uri, model, model_registry.CHAMPION)
     previous = champion.version if champion else None
     promotion.promote(uri, model, version, previous)
-    registry.set_tag(uri, model, version, registry.TAG_APPROVED_BY, by)
-    registry.set_tag(uri, model, version, promotion.TAG_CANARY, "promoted")
-    registry.append_audit(audit, {"model": model, "registry": registry.identity(uri, model), "challenger": version, "champion_before": previous,
+    model_registry.set_tag(uri, model, version, model_registry.TAG_APPROVED_BY, by)
+    model_registry.set_tag(uri, model, version, promotion.TAG_CANARY, "promoted")
+    model_registry.append_audit(audit, {"model": model, "registry": model_registry.identity(uri, model), "challenger": version, "champion_before": previous,
                                   "action": "approve" if not force else "approve_forced", "by": by,
                                   "decision": "approved", "mode": "manual",
                                   "reason": f"approved by {by}" + (" (forced)" if force else ""),

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from spark_trainer import registry, tracking
+from spark_trainer import tracking
 from spark_trainer.canary.adapters import InProcessAdapter
 from spark_trainer.errors import SparkTrainerError
 from spark_trainer.packaging import signing
 from spark_trainer.params import RegisterParams, TrackingParams, load_section
+from spark_trainer.registry import model_registry
 
 log = logging.getLogger("serve")
 
@@ -58,10 +59,10 @@ def load_bundles(pairs: list[str], aliases: list[str]) -> dict[str, InProcessAda
         settings: TrackingParams = load_section("tracking")  # type: ignore[assignment]
         uri = tracking.tracking_uri(settings)
         for alias in aliases:
-            version = registry.resolve_alias(uri, reg.model_name, alias)
+            version = model_registry.resolve_alias(uri, reg.model_name, alias)
             if version is None:
                 raise SparkTrainerError(f"'{reg.model_name}' has no alias '{alias}'")
-            models[alias] = InProcessAdapter(registry.fetch_verified(uri, version))
+            models[alias] = InProcessAdapter(model_registry.fetch_verified(uri, version))
     if not models:
         raise SparkTrainerError("nothing to serve: pass --bundle NAME=PATH or --alias ALIAS")
     return models

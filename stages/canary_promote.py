@@ -10,12 +10,13 @@ decision (Successful, Failed, Inconclusive) moves the alias, waits for approval,
 the champion, and every move is appended to the git-tracked audit log.
 """
 
-from spark_trainer import registry, tracking
+from spark_trainer import tracking
 from spark_trainer.canary import adapters, analysis, promotion, report, traffic
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
 from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, load_section
 from spark_trainer.quality import toxicity
+from spark_trainer.registry import model_registry
 from spark_trainer.stage import Timer, entrypoint, path_args
 
 
@@ -30,17 +31,17 @@ def main() -> None:
     timer = Timer()
     items = traffic.build(p.traffic, probes)
 
-    challenger = registry.resolve_alias(uri, name, registry.CHALLENGER)
-    registry.check_registered(challenger, args.registered)
-    champion = registry.resolve_alias(uri, name, registry.CHAMPION)
+    challenger = model_registry.resolve_alias(uri, name, model_registry.CHALLENGER)
+    model_registry.check_registered(challenger, args.registered)
+    champion = model_registry.resolve_alias(uri, name, model_registry.CHAMPION)
     if champion is None:
-        registry.check_champion_unset(uri, name, args.audit)
+        model_registry.check_champion_unset(uri, name, args.audit)
     champion, already = promotion.baseline(uri, name, champion, challenger)
     with timer.phase("load"):
         arms = {"challenger": (p.serving.challenger, challenger)}
         if champion is not None:
             arms["champion"] = (p.serving.champion, champion)
-        served = {arm: adapters.build(ep, registry.fetch_verified(uri, v) if ep.adapter == "in_process" else None,
+        served = {arm: adapters.build(ep, model_registry.fetch_verified(uri, v) if ep.adapter == "in_process" else None,
                                       p.serving.timeout_s) for arm, (ep, v) in arms.items()}
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
                                        t.batch_size)

@@ -40,7 +40,7 @@ def main() -> None:
 
     run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), train_texts, str(args.teacher))
     with timer.phase("train"):
-        outcome = trainer.train_causal_lm(student, packing.BlockDataset(train), p, args.checkpoints, args.plots,
+        outcome = trainer.train_model(student, packing.BlockDataset(train), p, args.checkpoints, args.plots,
                                           run_fingerprint, eval_dataset=packing.BlockDataset(val),
                                           trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
     with timer.phase("evaluate"):

@@ -29,10 +29,10 @@ def main() -> None:
     name = str(args.name)
     timer = Timer()
 
-    if Path(p.source).is_dir():
-        dev, test = mmlu.load_local(Path(p.source))
+    if p.hub_dataset:
+        dev, test = mmlu.load_hub(p.hub_dataset, p.hub_subjects)
     else:
-        dev, test = mmlu.load_hub(p.source, p.hub_subjects)
+        dev, test = mmlu.load_local(Path(p.source))
     shots = mmlu.fewshot_counts(dev, p.num_fewshot, p.short_dev)
 
     produced_by = PRODUCERS.get(name, "lora" if name.startswith("lora") else None)

@@ -54,7 +54,7 @@ def main() -> None:
 
     run_fingerprint = trainer.fingerprint(name, p.model_dump(mode="json"), [it["checksum"] for it in train_items])
     with timer.phase("train"):
-        outcome = trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
+        outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
                                           run_fingerprint)
     with timer.phase("evaluate_after"):
         after = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
@@ -66,7 +66,7 @@ def main() -> None:
 
     others = sorted(set(before) - subjects)
     targets = sorted(set(before) & subjects)
-    mean = lambda losses, keys: sum(losses[k] for k in keys) / len(keys) if keys else None  # noqa: E731
+    mean = lambda losses, keys: sum(losses[k] for k in keys) / len(keys) if keys else None
     metrics = {
         "specialisation": name,
         "target_subjects": targets,

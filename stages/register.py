@@ -7,11 +7,11 @@ one too unless register.allow_unsigned. The same bundle digest registered twice 
 version. Tags on the version: bundle digest, lineage, evaluation headline numbers.
 """
 
-from spark_trainer import registry, tracking
+from spark_trainer import tracking
 from spark_trainer.errors import BundleError
 from spark_trainer.outputs import write_metrics, write_timings
-from spark_trainer.packaging import release
 from spark_trainer.params import RegisterParams, TrackingParams, load_section
+from spark_trainer.registry import model_registry, release
 from spark_trainer.stage import Timer, entrypoint, path_args
 
 
@@ -27,7 +27,7 @@ def main() -> None:
         raise BundleError(f"refusing to register {args.bundle}:\n  " + "\n  ".join(check.problems))
 
     with timer.phase("register"):
-        version, _created = registry.register_bundle(
+        version, _created = model_registry.register_bundle(
             tracking.tracking_uri(settings), p.model_name, args.bundle, check.digest, check.signed,
             release.version_tags(args.bundle), settings.experiment, p.alias)
     write_metrics(args.metrics, {"name": p.model_name, "version": int(version.version), "digest": check.digest,

@@ -12,7 +12,8 @@ import math
 
 from spark_trainer import tracking
 from spark_trainer.data.manifest import read_manifest
-from spark_trainer.modeling import causal_lm, tokenizer as tokenizers
+from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling import tokenizer as tokenizers
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import TrainParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
@@ -53,7 +54,7 @@ def main() -> None:
     run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [it["checksum"] for it in train_items],
                                           tok.backend_tokenizer.to_str())
     with timer.phase("train"):
-        outcome = trainer.train_causal_lm(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
+        outcome = trainer.train_model(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
                                           args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
 
     with timer.phase("evaluate"):

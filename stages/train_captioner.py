@@ -51,7 +51,7 @@ def main() -> None:
     fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [f["frame_id"] for f in train_frames],
                                       [f["caption"] for f in train_frames])
     with timer.phase("train"):
-        outcome = captioning.train(model, train_set, p, args.checkpoints, args.plots, fingerprint)
+        outcome = trainer.train_model(model, train_set, p, args.checkpoints, args.plots, fingerprint)
     with timer.phase("evaluate"):
         train_loss = captioning.mean_loss(model, train_set, p.batch_size)
         held_loss = captioning.mean_loss(model, held_set, p.batch_size) if held else None

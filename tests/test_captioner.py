@@ -7,7 +7,7 @@ from spark_trainer.errors import ModelSourceError
 from spark_trainer.evaluation import coco
 from spark_trainer.modeling import captioner
 from spark_trainer.params import validate_section
-from spark_trainer.training import captioning
+from spark_trainer.training import captioning, trainer
 from spark_trainer.video import synthetic
 from spark_trainer.video.captions import caption_frames
 from spark_trainer.video.frames import Frame, read_frames, write_shards
@@ -76,7 +76,7 @@ def trained(frames_dir, tmp_path_factory):
     train_set = captioning.encode(train_rows, processor, tok, p.block_size)
     before = captioning.mean_loss(model, train_set, 16)
     work = tmp_path_factory.mktemp("captioner")
-    outcome = captioning.train(model, train_set, p, work / "checkpoints", work / "plots", "fp")
+    outcome = trainer.train_model(model, train_set, p, work / "checkpoints", work / "plots", "fp")
     after = captioning.mean_loss(model, train_set, 16)
     captioner.save(work / "model", model, tok, processor)
     torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     texts = [d["text"] for d in data.corpus]
     tok = train_bpe(texts, p.tokenizer.vocab_size, p.tokenizer.min_frequency)
     model = causal_lm.build_from_config(p.model, tok, p.seed)
-    trainer.train_causal_lm(model, packing.BlockDataset(packing.pack(encode_documents(tok, texts), p.block_size).blocks),
+    trainer.train_model(model, packing.BlockDataset(packing.pack(encode_documents(tok, texts), p.block_size).blocks),
                             p, root / "ckpt", None, "mmlu")
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")

@@ -23,8 +23,6 @@ ODD_GOOD_NAME = "my clip ü..mp4"  # a valid video under a name with a space, un
 
 def _params(**overrides):
     raw = repo_params()["ingest_video"]
-    # A Whisper checkpoint in this machine's cache must not change what the tests see.
-    raw["transcription"]["cache_dir"] = "~/no-such-whisper-cache"
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         node = raw
@@ -167,17 +165,18 @@ def test_manifest_follows_the_schema_and_links_items(ingested):
 def test_transcription_skipped_reason_without_checkpoint(ingested):
     t = ingested[0].metrics["transcription"]
     assert t["status"] == "skipped" and "transcription.checkpoint" in t["reason"]
-    assert "~/no-such-whisper-cache/tiny.pt not found" in t["reason"]  # params' words, not this machine's paths
-    assert transcription.resolve_checkpoint("none", "", "tiny", "x").reason == "transcription.backend is none"
+    assert "models/external/whisper/" in t["reason"]  # params' words, not this machine's paths
+    assert transcription.resolve_checkpoint("none", "").reason == "transcription.backend is none"
 
 
 @pytest.fixture(scope="module")
 def whisper_checkpoint(tmp_path_factory):
     """A randomly initialised Whisper with tiny sizes, saved the way whisper's own
     checkpoints are ({"dims", "model_state_dict"})."""
+    from dataclasses import asdict
+
     import torch
     import whisper
-    from dataclasses import asdict
 
     torch.manual_seed(0)
     dims = whisper.model.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2,
@@ -186,17 +185,23 @@ def whisper_checkpoint(tmp_path_factory):
     model = whisper.model.Whisper(dims)
     with torch.no_grad():  # torch.empty in whisper's code: NaN logits unless initialised
         model.decoder.positional_embedding.normal_(0, 0.02)
-    path = tmp_path_factory.mktemp("whisper") / "tiny-test.pt"
+    # Where params accept it: under models/external/whisper/ of the project (a dvc.yaml dep).
+    root = tmp_path_factory.mktemp("whisper")
+    path = root / "models/external/whisper/tiny-test.pt"
+    path.parent.mkdir(parents=True)
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
-    return path
+    return root, path.relative_to(root)
 
 
-def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper_checkpoint, media, tmp_path):
+def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper_checkpoint, media, tmp_path,
+                                                                        monkeypatch):
     root, _ = media
     folder = tmp_path / "audio_only"
     folder.mkdir()
     shutil.copy(root / synthetic.SPEECH, folder / synthetic.SPEECH)
-    p = _params(**{"transcription.checkpoint": str(whisper_checkpoint)})
+    project, checkpoint = whisper_checkpoint
+    monkeypatch.chdir(project)
+    p = _params(**{"transcription.checkpoint": str(checkpoint)})
     result = ingest_folder(folder, p, None, "t", tmp_path / "out")
     transcript = result.items[0]["annotations"]["transcript"]
     assert result.metrics["transcription"]["status"] == "ok" and result.metrics["transcription"]["backend"] == "whisper"
@@ -206,7 +211,7 @@ def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper
 
 
 def test_a_missing_checkpoint_path_is_a_recorded_skip(tmp_path):
-    resolved = transcription.resolve_checkpoint("whisper", str(tmp_path / "nope.pt"), "tiny", "~/.cache/whisper")
+    resolved = transcription.resolve_checkpoint("whisper", str(tmp_path / "nope.pt"))
     assert resolved.checkpoint is None and "nope.pt" in resolved.reason
 
 

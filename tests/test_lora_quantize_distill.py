@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from spark_trainer import distill, lora, quantize
 from spark_trainer.errors import ModelSourceError, ParamsError
-from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import encode_documents, train_bpe
 from spark_trainer.params import validate_section
-from spark_trainer.training import packing, trainer
+from spark_trainer.training import distill, lora, packing, trainer
 from tests.conftest import deep_merge, smoke_params
 
 TEXTS = [f"Question: What is {i % 13} plus {i % 7}?\nAnswer: {i % 13 + i % 7}" for i in range(240)]
@@ -25,7 +24,7 @@ def base(tmp_path_factory):
     tok = train_bpe(TEXTS, p.tokenizer.vocab_size, p.tokenizer.min_frequency)
     blocks = packing.pack(encode_documents(tok, TEXTS), p.block_size).blocks
     model = causal_lm.build_from_config(p.model, tok, p.seed)
-    trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, root / "ckpt", None, "base")
+    trainer.train_model(model, packing.BlockDataset(blocks), p, root / "ckpt", None, "base")
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     return root / "model", tok, blocks
@@ -64,7 +63,7 @@ def _train_adapter(base, tmp_path, name, seed, qlora=False, steps=6):
     model = lora.load_base(path, qlora)
     model = lora.attach(model, p.rank, p.alpha, p.dropout, lora.resolve_target_modules(model, p.target_modules),
                        p.seed)
-    trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, tmp_path / f"ckpt_{name}", None, name)
+    trainer.train_model(model, packing.BlockDataset(blocks), p, tmp_path / f"ckpt_{name}", None, name)
     lora.save(model, path, tok, tmp_path / name)
     return model
 
@@ -166,7 +165,7 @@ def test_student_learns_from_the_teacher(base, tmp_path):
     student = distill.build_student(p.student, teacher, tok, p.seed)
     assert causal_lm.parameter_count(student) < causal_lm.parameter_count(teacher)
     before = distill.next_token_agreement(student, teacher, blocks, 8)
-    trainer.train_causal_lm(student, packing.BlockDataset(blocks), p, tmp_path / "ckpt", None, "d",
+    trainer.train_model(student, packing.BlockDataset(blocks), p, tmp_path / "ckpt", None, "d",
                             trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
     assert distill.next_token_agreement(student, teacher, blocks, 8) > before
     assert distill.next_token_agreement(teacher, teacher, blocks, 8) == 1.0
@@ -190,7 +189,7 @@ def test_checkpointing_eager_attention_accumulation_and_early_stopping_run(base,
                     efficiency={"gradient_checkpointing": True, "attn_implementation": "eager",
                                 "early_stopping_patience": 1, "eval_steps": 2})
     model = causal_lm.load_pretrained(str(path))
-    outcome = trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, tmp_path / "ckpt", None, "e",
+    outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, tmp_path / "ckpt", None, "e",
                                       eval_dataset=packing.BlockDataset(blocks[:4]))
     assert model.config._attn_implementation == "eager" and model.is_gradient_checkpointing
     assert any("eval_loss" in entry for entry in outcome.log_history)

@@ -87,10 +87,10 @@ def test_each_pattern_entity_is_redacted_with_a_typed_placeholder(pii_engine, te
     assert f"<{entity}>" in pii.redact(pii_engine, text, results)
 
 
-def test_pii_backend_says_when_no_spacy_model_is_installed():
-    engine = pii.build_engine("en_core_web_xx_missing", ("US",))
+def test_pii_backend_says_when_the_spacy_pipeline_is_missing():
+    engine = pii.build_engine("models/external/spacy/en_core_web_xx_missing", ("US",))
     assert engine.backend == "presidio:pattern-only"
-    assert "'en_core_web_xx_missing' is not installed" in engine.note
+    assert "no spaCy pipeline at 'models/external/spacy/en_core_web_xx_missing'" in engine.note
 
 
 def test_pii_numbers_in_plain_text_are_not_phone_numbers(pii_engine):

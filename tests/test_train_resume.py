@@ -36,7 +36,7 @@ def setup():
 
 def _run(p, tok, blocks, ckpt, live, callbacks=()):
     model = build_from_config(p.model, tok, p.seed)
-    outcome = trainer.train_causal_lm(model, packing.BlockDataset(blocks), p, ckpt, live, "fp-1", tuple(callbacks))
+    outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, ckpt, live, "fp-1", tuple(callbacks))
     return model, outcome
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spark_trainer.errors import ParamsError
 
@@ -28,6 +28,59 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 # bitsandbytes 4-bit kernels need Linear input sizes that are multiples of 64.
 MultipleOf64 = Annotated[int, Field(ge=64, multiple_of=64)]
+
+# Checkpoints and pipelines that stages load from outside the pipeline (Detoxify, Whisper,
+# spaCy, a captioner, a pretrained LM) live under models/external/<kind>/: dvc.yaml lists
+# that folder as a dep of every stage that loads its kind, so a new checkpoint reruns them.
+EXTERNAL_DIR = "models/external"
+EXTERNAL_KINDS = ("detoxify", "whisper", "spacy", "captioner", "lm")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _is_local(value: str) -> bool:
+    """A local path rather than a hub id: absolute, explicit (./, ~), or under a folder
+    that exists here (a hub id such as `org/name` names no local folder)."""
+    if value.startswith(("/", ".", "~")) or Path(value).exists():
+        return True
+    first = Path(value).parts[0] if Path(value).parts else ""
+    return "/" in value and Path(first).is_dir()
+
+
+def _in_external(value: str, kind: str) -> bool:
+    folder = Path(EXTERNAL_DIR, kind)
+    return Path(value).parts[: len(folder.parts)] == folder.parts and ".." not in Path(value).parts
+
+
+def _external_path(kind: str, hub_ok: bool):
+    def check(value: str) -> str:
+        if not value:
+            return value
+        if hub_ok and not _is_local(value) and _HUB_ID.match(value):
+            return value  # a hub id: a param, never a dvc.yaml dep (DVC stops on a missing dep path)
+        if not _in_external(value, kind):
+            raise ValueError(f"'{value}' is outside {EXTERNAL_DIR}/{kind}/, the folder dvc.yaml declares as this "
+                             f"stage's dep for {kind} files: put (or `dvc add`) it there so a new one reruns the stage"
+                             + (", or give a hub id" if hub_ok else ""))
+        return value
+
+    return check
+
+
+def ExternalPath(kind: str, hub_ok: bool = False):
+    """'' (none), a path under models/external/<kind>/, or (hub_ok) a hub id."""
+    return Annotated[str, AfterValidator(_external_path(kind, hub_ok))]
+
+
+def _dep_path(value: str) -> str:
+    if "://" in value or not _is_local(value):
+        raise ValueError(f"'{value}' is not a path in this repository: this param is a dvc.yaml dep, so it must "
+                         "be a local path (DVC stops on a dep that does not exist); a hub model goes under "
+                         f"{EXTERNAL_DIR}/ first")
+    return value
+
+
+# A local path that dvc.yaml interpolates into a stage's deps (never a hub id).
+DepPath = Annotated[str, Field(min_length=1), AfterValidator(_dep_path)]
 
 
 class Section(BaseModel):
@@ -155,19 +208,26 @@ class PiiParams(Section):
     score_threshold: Annotated[float, Field(ge=0.0, le=1.0)]
     action: Literal["redact", "drop"]
     phone_regions: Annotated[StrTuple, Field(min_length=1)]  # ISO 3166 codes for national-format numbers
-    spacy_model: str  # an installed spaCy pipeline for PERSON/LOCATION; "" = pattern recognizers only
+    spacy_model: ExternalPath("spacy")  # a spaCy pipeline folder for PERSON/LOCATION; "" = pattern recognizers only
 
 
 class ToxicityParams(Section):
     enabled: bool
     backend: Literal["detoxify", "wordlist"]
     model_type: Literal["original", "unbiased", "multilingual"]
-    checkpoint: str               # a Detoxify .ckpt file; "" looks in the torch hub cache
-    huggingface_config_path: str  # the encoder's config + tokenizer folder; "" asks the hub (or its cache)
+    checkpoint: ExternalPath("detoxify")               # a Detoxify .ckpt file; "" = none (the fallback runs)
+    huggingface_config_path: ExternalPath("detoxify")  # the encoder's config + tokenizer folder
     fallback: Literal["wordlist", "error"]
     batch_size: PositiveInt
     thresholds: Annotated[dict[ToxicCategory, Annotated[float, Field(gt=0.0, le=1.0)]],
                           Field(strict=False, min_length=1)]
+
+    @model_validator(mode="after")
+    def _config_with_checkpoint(self) -> ToxicityParams:
+        if bool(self.checkpoint) != bool(self.huggingface_config_path):
+            raise ValueError("checkpoint and huggingface_config_path go together (set both, or neither): without "
+                             "a local encoder config Detoxify would ask the hub")
+        return self
 
 
 class CardParams(Section):
@@ -202,7 +262,7 @@ class TokenizerParams(Section):
     kind: Literal["bpe", "pretrained"]
     vocab_size: Annotated[int, Field(ge=300)]  # 256 bytes + specials + merges
     min_frequency: PositiveInt
-    pretrained: str  # hub id or local path, used when kind is pretrained
+    pretrained: ExternalPath("lm", hub_ok=True)  # hub id or folder under models/external/lm/, when kind is pretrained
 
     @model_validator(mode="after")
     def _pretrained(self) -> TokenizerParams:
@@ -215,7 +275,7 @@ class ArchitectureParams(Section):
     """A Llama-style model built from sizes, or loaded pretrained (shared by train and distill)."""
 
     source: Literal["config", "pretrained"]
-    pretrained: str  # hub id or local path, used when source is pretrained
+    pretrained: ExternalPath("lm", hub_ok=True)  # hub id or folder under models/external/lm/, when source is pretrained
     hidden_size: MultipleOf64
     num_layers: PositiveInt
     num_heads: PositiveInt
@@ -237,10 +297,17 @@ class ModelParams(ArchitectureParams):
     max_position_embeddings: PositiveInt
 
 
-class EfficiencyParams(Section):
+class ModelEfficiencyParams(Section):
+    """What applies to any model the shared training loop trains."""
+
     gradient_checkpointing: bool
     mixed_precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16/fp16 on a GPU that has it, fp32 on CPU
     attn_implementation: Literal["eager", "sdpa"]
+
+
+class EfficiencyParams(ModelEfficiencyParams):
+    """Plus early stopping, for the stages that have a validation split (train, lora, distill)."""
+
     early_stopping_patience: NonNegativeInt  # evaluations without improvement; 0 = off
     eval_steps: PositiveInt                  # how often to evaluate when early stopping is on
 
@@ -266,7 +333,7 @@ class LoopParams(Section):
     @model_validator(mode="after")
     def _early_stopping(self) -> LoopParams:
         e = self.efficiency
-        if e.early_stopping_patience and self.save_steps % e.eval_steps:
+        if isinstance(e, EfficiencyParams) and e.early_stopping_patience and self.save_steps % e.eval_steps:
             raise ValueError("with early stopping, save_steps must be a multiple of efficiency.eval_steps "
                              "(the best checkpoint is kept)")
         return self
@@ -297,7 +364,7 @@ class LoraParams(LoopParams):
 
 
 class QuantizeParams(Section):
-    model: str = Field(min_length=1)  # the model folder to quantize (a dvc.yaml dep through templating)
+    model: DepPath  # the model folder to quantize (a dvc.yaml dep through templating)
     method: Literal["bnb_nf4", "bnb_int8", "dynamic_int8"]
     fallback: Literal["none", "bnb_nf4", "bnb_int8", "dynamic_int8"]  # none: an unsupported method is an error
     eval_prompts: PositiveInt
@@ -310,16 +377,17 @@ class StudentParams(ArchitectureParams):
 
 
 class DistillParams(LoopParams):
-    teacher: str = Field(min_length=1)  # the teacher model folder (a dvc.yaml dep through templating)
+    teacher: DepPath  # the teacher model folder (a dvc.yaml dep through templating)
     student: StudentParams
     alpha: Annotated[float, Field(ge=0, le=1)]  # weight of the KL term; 1 - alpha weighs the CE
     temperature: Annotated[float, Field(gt=0)]
 
 
 class EvaluateMmluParams(Section):
-    models: Annotated[dict[str, str], Field(strict=False, min_length=1)]  # name -> model folder (dvc foreach)
-    source: str = Field(min_length=1)  # a folder in the MMLU CSV layout, or a hub dataset id (cais/mmlu)
-    hub_subjects: StrTuple             # subjects to fetch when source is a hub id
+    models: Annotated[dict[str, DepPath], Field(strict=False, min_length=1)]  # name -> model folder (dvc foreach)
+    source: DepPath       # a folder in the MMLU CSV layout (a dvc.yaml dep)
+    hub_dataset: str      # "" reads `source`; a hub dataset id (cais/mmlu) is read instead, through the hub cache
+    hub_subjects: StrTuple  # subjects to fetch from hub_dataset
     formats: Annotated[tuple[Literal["letter", "continuation"], ...], Field(strict=False, min_length=1)]
     num_fewshot: NonNegativeInt
     short_dev: Literal["error", "reduce"]  # a subject with fewer than num_fewshot dev questions
@@ -332,7 +400,7 @@ ProbeName = Literal["toxicity", "bias", "jailbreak", "prompt_injection"]
 
 
 class EvaluateSafetyParams(Section):
-    model: str = Field(min_length=1)   # the candidate model folder (a dvc.yaml dep through templating)
+    model: DepPath   # the candidate model folder (a dvc.yaml dep through templating)
     max_new_tokens: PositiveInt
     canary: str = Field(min_length=6)  # the secret a jailbreak tries to extract
     injection: str = Field(min_length=4)  # the word an injected instruction asks for
@@ -362,10 +430,10 @@ BundleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_l
 
 class PackageParams(Section):
     name: BundleName                   # the bundle folder dist/<name>
-    model: str = Field(min_length=1)   # the candidate model folder (Hugging Face layout)
+    model: DepPath   # the candidate model folder (Hugging Face layout; a dvc.yaml dep)
     base_model: str = Field(min_length=1)  # what the model card names as base model
     datasets: StrTuple                 # dataset names for the model card
-    data: str = Field(min_length=1)    # the dataset folder whose DVC hash goes into lineage.json
+    data: DepPath    # the dataset folder whose DVC hash goes into lineage.json
     evaluations: Annotated[dict[str, str], Field(strict=False)]  # name -> evaluate stage metrics JSON
     license: str = Field(min_length=1)
     intended_use: str = Field(min_length=1)
@@ -410,8 +478,8 @@ class ServingParams(Section):
 
 
 class TrafficParams(Section):
-    mmlu: str = Field(min_length=1)    # MMLU CSV layout folder; its test questions are replayed
-    prompts: str = Field(min_length=1)  # probe folder: toxicity_prompts.jsonl, jailbreak.jsonl
+    mmlu: DepPath     # MMLU CSV layout folder; its test questions are replayed
+    prompts: DepPath  # probe folder: toxicity_prompts.jsonl, jailbreak.jsonl
     max_items: PositiveInt             # MMLU questions replayed (all probe prompts are)
     seed: int
 
@@ -500,15 +568,13 @@ class FrameDedupParams(Section):
 
 class TranscriptionParams(Section):
     backend: Literal["whisper", "none"]
-    checkpoint: str  # a Whisper .pt file; "" looks for <cache_dir>/<model>.pt
-    model: str = Field(min_length=1)  # Whisper model name, for the cache lookup (tiny, base, small, ...)
-    cache_dir: str = Field(min_length=1)
+    checkpoint: ExternalPath("whisper")  # a Whisper .pt file; "" = none (transcription skipped, recorded)
     language: str  # "" lets Whisper detect it
 
 
 class CaptionsParams(Section):
     backend: Literal["reference", "hf", "none"]
-    model: str  # hf: a hub id or local folder (e.g. models/captioner from an earlier run)
+    model: ExternalPath("captioner", hub_ok=True)  # hf: a hub id or a folder under models/external/captioner/
     max_new_tokens: PositiveInt
     batch_size: PositiveInt
 
@@ -526,7 +592,7 @@ class MediaExtensionsParams(Section):
 
 
 class IngestVideoParams(Section):
-    source: str = Field(min_length=1)  # the folder to ingest (a dvc.yaml dep through templating)
+    source: DepPath  # the folder to ingest (a dvc.yaml dep through templating)
     ground_truth: str  # planted cuts and reference captions of the sample; "" for real data
     extensions: MediaExtensionsParams
     integrity: IntegrityParams
@@ -578,6 +644,8 @@ class TrainCaptionerParams(LoopParams):
     image_size: Annotated[int, Field(ge=16, le=1024)]
     encoder: VisionEncoderParams
     decoder: TextDecoderParams
+    # No early stopping: the held-out frames are evaluate_coco's test set, not a validation split.
+    efficiency: ModelEfficiencyParams  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _patches(self) -> TrainCaptionerParams:
@@ -599,7 +667,7 @@ class CocoDetectionParams(Section):
 
 
 class EvaluateCocoParams(Section):
-    model: str = Field(min_length=1)  # the captioner folder (or hub id) to evaluate
+    model: DepPath  # the captioner folder to evaluate (a dvc.yaml dep; a hub model goes under models/external/)
     max_new_tokens: PositiveInt
     batch_size: PositiveInt
     tokenizer: Literal["auto", "ptb", "python"]  # auto: PTBTokenizer when Java is installed, else python
@@ -647,7 +715,7 @@ _Yaml12Loader.add_implicit_resolver(
         |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
-        re.X,
+        re.VERBOSE,
     ),
     list("-+0123456789."),
 )
@@ -658,7 +726,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the repository root or pass its path")
     with path.open(encoding="utf-8") as f:
-        data = yaml.load(f, Loader=_Yaml12Loader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(f, Loader=_Yaml12Loader)
     if not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data

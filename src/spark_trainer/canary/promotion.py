@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from spark_trainer import registry
 from spark_trainer.canary import analysis
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.canary.traffic import Item
 from spark_trainer.params import CanaryPromoteParams
+from spark_trainer.registry import model_registry
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,11 @@ def run_steps(replayer: Replayer, items: list[Item], p: CanaryPromoteParams) -> 
     return steps[-1]["outcome"], steps[-1]["reason"], steps
 
 
-def apply(uri: str, name: str, decision: str, reason: str, champion: registry.Version | None,
-          challenger: registry.Version, already_champion: bool, p: CanaryPromoteParams, audit_path,
+def apply(uri: str, name: str, decision: str, reason: str, champion: model_registry.Version | None,
+          challenger: model_registry.Version, already_champion: bool, p: CanaryPromoteParams, audit_path,
           git_commit: str) -> str:
     """Move aliases as the decision says, append the audit record; return the status."""
-    record: dict[str, Any] = {"model": name, "registry": registry.identity(uri, name), "challenger": challenger.version,
+    record: dict[str, Any] = {"model": name, "registry": model_registry.identity(uri, name), "challenger": challenger.version,
                               "champion_before": champion.version if champion else None,
                               "decision": decision, "mode": p.mode, "reason": reason, "git_commit": git_commit}
     if already_champion:
@@ -53,38 +53,38 @@ def apply(uri: str, name: str, decision: str, reason: str, champion: registry.Ve
                         "(move them with scripts/approve.py)", challenger.version, decision, reason)
         return "promoted"
     if decision == "Successful" and p.require_approval:
-        registry.set_tag(uri, name, challenger.version, TAG_CANARY, "awaiting_approval")
-        registry.append_audit(audit_path, {**record, "action": "awaiting_approval"})
+        model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "awaiting_approval")
+        model_registry.append_audit(audit_path, {**record, "action": "awaiting_approval"})
         return "awaiting_approval"
     if decision == "Successful":
         promote(uri, name, challenger.version, champion.version if champion else None)
-        registry.set_tag(uri, name, challenger.version, TAG_CANARY, "promoted")
-        registry.append_audit(audit_path, {**record, "action": "promote"})
+        model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "promoted")
+        model_registry.append_audit(audit_path, {**record, "action": "promote"})
         return "promoted"
     if decision == "Failed":
-        registry.set_tag(uri, name, challenger.version, TAG_CANARY, "failed")
-        registry.append_audit(audit_path, {**record, "action": "rollback" if champion else "reject"})
+        model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "failed")
+        model_registry.append_audit(audit_path, {**record, "action": "rollback" if champion else "reject"})
         return "rolled_back" if champion else "rejected"
-    registry.set_tag(uri, name, challenger.version, TAG_CANARY, "inconclusive")
-    registry.append_audit(audit_path, {**record, "action": "none"})
+    model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "inconclusive")
+    model_registry.append_audit(audit_path, {**record, "action": "none"})
     return "unchanged"
 
 
 def promote(uri: str, name: str, version: str, previous: str | None) -> None:
-    registry.set_tag(uri, name, version, registry.TAG_PROMOTED_FROM, previous or "none")
-    registry.set_alias(uri, name, registry.CHAMPION, version)
-    log.info("alias '%s' of '%s' -> version %s (was %s)", registry.CHAMPION, name, version, previous or "unset")
+    model_registry.set_tag(uri, name, version, model_registry.TAG_PROMOTED_FROM, previous or "none")
+    model_registry.set_alias(uri, name, model_registry.CHAMPION, version)
+    log.info("alias '%s' of '%s' -> version %s (was %s)", model_registry.CHAMPION, name, version, previous or "unset")
 
 
-def baseline(uri: str, name: str, champion: registry.Version | None,
-             challenger: registry.Version) -> tuple[registry.Version | None, bool]:
+def baseline(uri: str, name: str, champion: model_registry.Version | None,
+             challenger: model_registry.Version) -> tuple[model_registry.Version | None, bool]:
     """What the challenger is compared with, and whether it is already champion.
 
     When the challenger already holds `champion` (a rerun after promotion), it is
     compared again with the version it replaced, so a rerun reaches the same numbers."""
     if champion is None or champion.version != challenger.version:
         return champion, False
-    previous = challenger.tags.get(registry.TAG_PROMOTED_FROM, "none")
+    previous = challenger.tags.get(model_registry.TAG_PROMOTED_FROM, "none")
     if previous == "none":
         return None, True
-    return registry.get_version(uri, name, previous), True
+    return model_registry.get_version(uri, name, previous), True

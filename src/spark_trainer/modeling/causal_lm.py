@@ -52,7 +52,7 @@ def parameter_count(model) -> int:
 
 def load_for_inference(path: str | Path, produced_by: str | None = None):
     """Any model a stage of this project wrote: plain (Hugging Face layout) or quantized."""
-    from spark_trainer import quantize
+    from spark_trainer.modeling import quantize
 
     if (Path(path) / quantize.MARKER).is_file():
         return quantize.load_quantized(path)

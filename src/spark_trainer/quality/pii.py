@@ -38,10 +38,11 @@ def build_engine(spacy_model: str, phone_regions: tuple[str, ...]) -> PiiEngine:
     tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
-    if spacy_model and spacy.util.is_package(spacy_model):
+    if spacy_model and (Path(spacy_model) / "meta.json").is_file():
         model_name, backend, note = spacy_model, f"presidio:spacy:{spacy_model}", "NER and pattern recognizers"
     else:
-        note = (f"spaCy pipeline '{spacy_model}' is not installed" if spacy_model else "no spaCy pipeline configured")
+        note = (f"no spaCy pipeline at '{spacy_model}' (no meta.json)" if spacy_model
+                else "no spaCy pipeline configured")
         note += "; pattern recognizers only (no PERSON/LOCATION)"
         folder = Path(tempfile.mkdtemp(prefix="spacy_blank_en_"))
         spacy.blank("en").to_disk(folder)

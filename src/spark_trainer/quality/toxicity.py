@@ -1,7 +1,7 @@
 """Toxicity scoring: Detoxify from a local checkpoint, or a transparent word list.
 
-Detoxify normally downloads its checkpoint; here it loads one from a path (or the torch
-hub cache) named in params. When none loads, the configured fallback runs and the
+Detoxify normally downloads its checkpoint; here it loads one from the path params name
+(under models/external/detoxify/, a dvc.yaml dep), never from a cache dvc.yaml does not see. When none loads, the configured fallback runs and the
 backend that actually scored the data is recorded (`detoxify` or `wordlist`), with why.
 """
 
@@ -18,13 +18,6 @@ from spark_trainer.errors import ModelSourceError
 log = logging.getLogger(__name__)
 
 TERMS_FILE = Path(__file__).with_name("toxic_terms.tsv")
-# Detoxify's released checkpoints, by model type, as its loader names them in the hub cache.
-CHECKPOINT_NAMES = {
-    "original": "toxic_original-c1212f89.ckpt",
-    "unbiased": "toxic_debiased-c7548aa0.ckpt",
-    "multilingual": "multilingual_debiased-0b549669.ckpt",
-}
-
 Scores = dict[str, float]
 
 
@@ -57,15 +50,6 @@ def wordlist_scorer(note: str) -> ToxicityScorer:
     return ToxicityScorer("wordlist", note, score)
 
 
-def find_checkpoint(model_type: str, checkpoint: str) -> Path | None:
-    if checkpoint:
-        return Path(checkpoint) if Path(checkpoint).is_file() else None
-    import torch
-
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_NAMES[model_type]
-    return cached if cached.is_file() else None
-
-
 def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: str,
                     batch_size: int) -> ToxicityScorer:
     from detoxify import Detoxify
@@ -93,9 +77,9 @@ def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_con
     """The scorer params ask for, or the fallback with the reason; never silently."""
     if backend == "wordlist":
         return wordlist_scorer("configured backend")
-    found = find_checkpoint(model_type, checkpoint)
+    found = Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     problem = (f"no Detoxify checkpoint at '{checkpoint}'" if checkpoint else
-               f"no Detoxify '{model_type}' checkpoint in the torch hub cache")
+               "no Detoxify checkpoint configured (quality_gates.toxicity.checkpoint is empty)")
     if found is not None:
         try:
             return detoxify_scorer(model_type, found, huggingface_config_path, batch_size)

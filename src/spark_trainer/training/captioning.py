@@ -1,5 +1,5 @@
-"""Train the image captioner on ingested frames and their captions (HF Trainer, resumable,
-loss curve to dvclive), and the held-out split that `evaluate_coco` scores.
+"""The captioner's training data and the held-out split that `evaluate_coco` scores; the
+training itself is `trainer.train_model`, the loop every training stage shares.
 
 Frames are held out either by time (the last part of every scene: the scene was seen,
 these frames of it were not, and the shape sits elsewhere) or by video (the last
@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
-
-from spark_trainer.params import TrainCaptionerParams
-from spark_trainer.training import trainer as hf_trainer
 
 
 def split_frames(frames: list[dict], by: str, fraction: float) -> tuple[list[dict], list[dict]]:
@@ -38,7 +34,8 @@ def split_frames(frames: list[dict], by: str, fraction: float) -> tuple[list[dic
 
 
 class CaptionDataset:
-    """Pixel values and label ids (EOS-terminated, padded with -100, which the loss ignores)."""
+    """Training data for `trainer.train_model` (the loop every training stage shares):
+    pixel values and label ids (EOS-terminated, padded with -100, which the loss ignores)."""
 
     def __init__(self, pixel_values, labels) -> None:
         self.pixel_values, self.labels = pixel_values, labels
@@ -62,27 +59,6 @@ def encode(frames: list[dict], image_processor, tokenizer, max_tokens: int) -> C
         ids = tokenizer(f["caption"])["input_ids"][:max_tokens]
         labels[i, : len(ids)] = torch.tensor(ids)
     return CaptionDataset(pixels, labels)
-
-
-def train(model, dataset: CaptionDataset, p: TrainCaptionerParams, checkpoint_dir: Path, live_dir: Path,
-          run_fingerprint: str) -> hf_trainer.TrainOutcome:
-    """The same resumable Trainer set-up as the language models (checkpoints, dvclive)."""
-    from dvclive import Live
-    from transformers import Trainer, default_data_collator
-
-    resume = hf_trainer.resume_point(checkpoint_dir, run_fingerprint)
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False)
-    tokens_per_step = p.batch_size * p.gradient_accumulation_steps * p.block_size
-    if p.efficiency.gradient_checkpointing:
-        model.config.use_cache = False
-    trainer = Trainer(model=model, args=hf_trainer.training_arguments(p, checkpoint_dir), train_dataset=dataset,
-                      data_collator=default_data_collator, callbacks=[hf_trainer.live_callback(live, tokens_per_step)])
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    finally:
-        live.end()
-    start = int(Path(resume).name.split("-")[-1]) if resume else 0
-    return hf_trainer.TrainOutcome(trainer.state.global_step, start, list(trainer.state.log_history))
 
 
 def mean_loss(model, dataset: CaptionDataset, batch_size: int) -> float:

@@ -156,7 +156,7 @@ def live_callback(live, tokens_per_step: int):
     return LiveCallback()
 
 
-def train_causal_lm(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
+def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
                     run_fingerprint: str, extra_callbacks: tuple = (), eval_dataset=None,
                     trainer_class=None, trainer_kwargs: dict | None = None) -> TrainOutcome:
     """Train `model` on packed blocks with the HF Trainer (or `trainer_class`, a subclass

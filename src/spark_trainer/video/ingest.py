@@ -23,7 +23,8 @@ from pathlib import Path
 
 from spark_trainer.data.manifest import sha256_bytes
 from spark_trainer.params import IngestVideoParams
-from spark_trainer.video import audio, captions, frames as frame_ops, images, integrity, probe, scenes, transcription
+from spark_trainer.video import audio, captions, images, integrity, probe, scenes, transcription
+from spark_trainer.video import frames as frame_ops
 
 log = logging.getLogger(__name__)
 STAGE = "ingest_video"
@@ -202,8 +203,7 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
         raise InputDataError(f"ingest_video.source '{source}' is not a folder; point it at a folder of media files")
     result = IngestOutput()
     src = str(source)
-    resolved = transcription.resolve_checkpoint(p.transcription.backend, p.transcription.checkpoint,
-                                                p.transcription.model, p.transcription.cache_dir)
+    resolved = transcription.resolve_checkpoint(p.transcription.backend, p.transcription.checkpoint)
     transcriber = None
     if resolved.checkpoint is not None:
         transcriber = transcription.Transcriber(resolved.checkpoint, p.transcription.language)

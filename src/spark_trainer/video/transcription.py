@@ -1,14 +1,14 @@
 """Whisper transcription from a local checkpoint, with timestamped segments.
 
-Whisper's `load_model("tiny")` downloads; this module only ever loads a local `.pt`
-(`transcription.checkpoint`, or `<cache_dir>/<model>.pt`, where `whisper` itself caches
-downloads). When there is none, transcription is skipped and the reason recorded.
+Whisper's `load_model("tiny")` downloads; this module only ever loads the local `.pt`
+that `transcription.checkpoint` names (under models/external/whisper/, a dvc.yaml dep of
+ingest_video), never a cache dvc.yaml does not see. With none, transcription is skipped
+and the reason recorded.
 `transcribe` gets a float32 16 kHz array, which needs no ffmpeg binary.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ class Resolved:
     reason: str  # why transcription is skipped ("" when a checkpoint was found)
 
 
-def resolve_checkpoint(backend: str, checkpoint: str, model: str, cache_dir: str) -> Resolved:
+def resolve_checkpoint(backend: str, checkpoint: str) -> Resolved:
     if backend == "none":
         return Resolved(None, "transcription.backend is none")
     if checkpoint:
@@ -29,12 +29,8 @@ def resolve_checkpoint(backend: str, checkpoint: str, model: str, cache_dir: str
         if path.is_file():
             return Resolved(path, "")
         return Resolved(None, f"no Whisper checkpoint at transcription.checkpoint ({checkpoint})")
-    cached = Path(os.path.expanduser(cache_dir)) / f"{model}.pt"
-    if cached.is_file():
-        return Resolved(cached, "")
-    # The reason names the params, not this machine's absolute paths (metrics stay portable).
-    return Resolved(None, f"no Whisper checkpoint: {cache_dir}/{model}.pt not found and transcription.checkpoint "
-                          f"is empty; set it to a Whisper .pt file")
+    return Resolved(None, "no Whisper checkpoint configured: set transcription.checkpoint to a Whisper .pt file "
+                          "under models/external/whisper/")
 
 
 class Transcriber:
