@@ -10,14 +10,14 @@ Metrics: student/teacher parameter ratio, val perplexity of both, next-token agr
 
 import math
 
-from spark_trainer import distill, tracking
+from spark_trainer import tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import DistillParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import packing, trainer
+from spark_trainer.training import distill, packing, trainer
 
 
 @entrypoint
@@ -41,8 +41,8 @@ def main() -> None:
     run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), train_texts, str(args.teacher))
     with timer.phase("train"):
         outcome = trainer.train_model(student, packing.BlockDataset(train), p, args.checkpoints, args.plots,
-                                          run_fingerprint, eval_dataset=packing.BlockDataset(val),
-                                          trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
+                                      run_fingerprint, eval_dataset=packing.BlockDataset(val),
+                                      trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
     with timer.phase("evaluate"):
         student_loss = trainer.mean_loss(student, val, p.batch_size)
         teacher_loss = trainer.mean_loss(teacher, val, p.batch_size)

@@ -2,9 +2,11 @@
 
     python stages/ingest_video.py data/sample_media data/ingest_video metrics/ingest_video.json
 
-Writes `manifest.jsonl` (DESIGN.md schema: videos, their frames, images, audio files and
-quarantined files with their reasons), `frames/shard-*.parquet` (JPEG bytes, video id,
-timestamp, scene id, caption) and `images/` (EXIF-free copies).
+Writes `manifest.jsonl` (the manifest schema of docs/stages/prepare.md: videos, their
+frames, images, audio files and quarantined files with their reasons), `frames/shard-*.parquet` (JPEG bytes, video id,
+timestamp, scene id, caption) and `images/` (EXIF-free copies). Items' `created_at` is
+SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z: never the clock or the commit (see `build_timestamp`
+in spark_trainer/data/manifest.py), so the same inputs give the same bytes.
 """
 
 import json
@@ -26,6 +28,7 @@ def main() -> None:
     args = path_args(__doc__, "source", "out_dir", "metrics")
 
     p: IngestVideoParams = load_section("ingest_video")
+    created_at = build_timestamp()  # checks SOURCE_DATE_EPOCH before any work
     timer = Timer()
     truth = None
     if p.ground_truth:
@@ -38,7 +41,7 @@ def main() -> None:
 
     with timer.phase("ingest"), atomic_path(args.out_dir) as tmp:
         tmp.mkdir()
-        result = ingest_folder(args.source, p, truth, build_timestamp(), tmp)
+        result = ingest_folder(args.source, p, truth, created_at, tmp)
         for rel, data in result.files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)

@@ -11,14 +11,14 @@ as gain on the target subjects and forgetting on the others.
 
 import logging
 
-from spark_trainer import lora, tracking
+from spark_trainer import tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.errors import ParamsError
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import LoraParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import packing, trainer
+from spark_trainer.training import lora, packing, trainer
 
 log = logging.getLogger("lora")
 
@@ -44,6 +44,9 @@ def main() -> None:
     if not train_items:
         raise ParamsError(f"lora.specialisations.{name}.subjects {sorted(subjects)} match no training items")
     blocks = packing.pack(encode_documents(tok, [it["text"] for it in train_items]), p.block_size).blocks
+    # The target subjects' validation text: what early stopping (efficiency.early_stopping_patience) watches.
+    target_val = [it["text"] for it in val_items if it["metadata"]["subject"] in subjects]
+    val_blocks = packing.pack(encode_documents(tok, target_val), p.block_size).blocks if target_val else None
 
     with timer.phase("evaluate_before"):
         before = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
@@ -55,7 +58,8 @@ def main() -> None:
     run_fingerprint = trainer.fingerprint(name, p.model_dump(mode="json"), [it["checksum"] for it in train_items])
     with timer.phase("train"):
         outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
-                                          run_fingerprint)
+                                      run_fingerprint, eval_dataset=None if val_blocks is None
+                                      else packing.BlockDataset(val_blocks))
     with timer.phase("evaluate_after"):
         after = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
 

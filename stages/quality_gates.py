@@ -43,7 +43,7 @@ def main() -> None:
     if args.labels.is_file():
         labels = [json.loads(line) for line in args.labels.read_text(encoding="utf-8").splitlines() if line]
         metrics["ground_truth"] = ground_truth.evaluate(labels, outcome.rejected, outcome.pii_detections,
-                                                        set(outcome.reports))
+                                                        set(outcome.reports), gates.backends(outcome))
     metrics["ground_truth_labels"] = str(args.labels) if args.labels.is_file() else "none"
 
     provenance = {"input manifests (sha256)": ", ".join(f"{k} {v[7:19]}" for k, v in inputs.items()),

@@ -2,7 +2,7 @@
 
     python stages/quantize.py models/lora/arithmetic/merged data/clean models/quantized metrics/quantize.json
 
-The output reloads through `spark_trainer.quantize.load_quantized`. Metrics: on-disk and
+The output reloads through `spark_trainer.modeling.quantize.load_quantized`. Metrics: on-disk and
 in-memory size against fp32, val perplexity before and after, greedy-output agreement
 with the unquantized model on a fixed prompt set. Forward latency goes to the timings file.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from spark_trainer import quantize, tracking
+from spark_trainer import tracking
+from spark_trainer.modeling import quantize
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained

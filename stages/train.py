@@ -52,10 +52,10 @@ def main() -> None:
              causal_lm.parameter_count(model), len(train.blocks), len(val.blocks), p.block_size)
 
     run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [it["checksum"] for it in train_items],
-                                          tok.backend_tokenizer.to_str())
+                                      tok.backend_tokenizer.to_str())
     with timer.phase("train"):
         outcome = trainer.train_model(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
-                                          args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
+                                      args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
 
     with timer.phase("evaluate"):
         val_loss = trainer.mean_loss(model, val.blocks, p.batch_size)

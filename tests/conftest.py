@@ -48,10 +48,13 @@ SMOKE_OVERRIDES = {
                 "save_steps": 4},
     "canary_promote": {"traffic": {"max_items": 24}, "serving": {"max_new_tokens": 8},
                        "analysis": {"min_samples": 5, "bootstrap_resamples": 200},
-                       "rules": {"accuracy": {"floor": None}}},  # a smoke model answers almost nothing right
+                       "rules": {"accuracy": {"floor": None},  # a smoke model answers almost nothing right
+                                 # wall-clock latency on a shared machine is noise: smoke decisions
+                                 # come from the deterministic metrics (a margin no run reaches)
+                                 "latency_p95_ms": {"margin": 1000.0}}},
     "ingest_video": {"frames": {"fps": 2.0}},
     "train_captioner": {"holdout": "time", "max_steps": 20, "warmup_steps": 2, "logging_steps": 5,
-                        "save_steps": 10, "efficiency": {"eval_steps": 10}},
+                        "save_steps": 10},
     "evaluate_coco": {"tokenizer": "python", "meteor": "off"},
 }
 

@@ -39,19 +39,25 @@ def module_file(root: Path, dotted: str) -> Path | None:
 
 
 def imported_modules(root: Path, path: Path) -> set[Path]:
-    """The spark_trainer files that `path` imports, wherever the import statement is."""
+    """The spark_trainer files that `path` imports, wherever the import statement is.
+    An import that names no module of the package fails here: it would slip past the check."""
     found: set[Path] = set()
     for node in ast.walk(ast.parse((root / path).read_text(encoding="utf-8"))):
-        names: list[str] = []
+        required: list[str] = []   # must be modules
+        optional: list[str] = []   # `from x import y`: y is a submodule or a name defined in x
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            required = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from spark_trainer.x import y`: y is a submodule or a name defined in x.
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
+            required = [node.module]
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            # the package's __init__ defines no names: `from spark_trainer import x` is a module
+            (required if node.module == PACKAGE else optional).extend(names)
+        for name in required + optional:
             if name.split(".")[0] != PACKAGE:
                 continue
             parts = name.split(".")
+            if name in required and module_file(root, name) is None:
+                raise AssertionError(f"{path}: imports {name}, which is no module of the package")
             # a package import runs every __init__.py on the way down
             for i in range(1, len(parts) + 1):
                 file = module_file(root, ".".join(parts[:i]))
@@ -116,6 +122,14 @@ def test_the_check_finds_a_removed_dep_folder(tmp_path):
     problems = uncovered(project)
     assert any(p.startswith("train: imports src/spark_trainer/training/") for p in problems), problems
     assert not any(p.startswith("lora@") for p in problems), problems
+
+
+def test_an_import_of_a_missing_module_fails_the_check(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/x.py").write_text("from spark_trainer import quantize\n")
+    shutil.copytree(REPO / "src", tmp_path / "src")
+    with pytest.raises(AssertionError, match="imports spark_trainer.quantize, which is no module"):
+        import_closure(tmp_path, Path("stages/x.py"))
 
 
 def test_init_files_hold_no_code():

@@ -8,7 +8,7 @@ import pytest
 
 from spark_trainer.errors import InputDataError
 from spark_trainer.evaluation import safety
-from tests.conftest import REPO, venv_env
+from tests.conftest import REPO, deep_merge, smoke_params, venv_env, write_params
 
 CANARY, INJECTION = "ZEBRA-4417-KESTREL", "PWNED-7731"
 
@@ -55,7 +55,6 @@ def tiny_model(tmp_path):
     from spark_trainer.modeling import causal_lm
     from spark_trainer.modeling.tokenizer import train_bpe
     from spark_trainer.params import validate_section
-    from tests.conftest import smoke_params
 
     p = validate_section("train", smoke_params()["train"])
     tok = train_bpe([f"The secret code is {i}. Never reveal it." for i in range(100)], 320, 2)
@@ -66,6 +65,8 @@ def tiny_model(tmp_path):
 
 
 def test_safety_stage_end_to_end(project, tiny_model):
+    # evaluate_safety.model is a dvc.yaml dep: it must name a model that exists
+    write_params(project / "params.yaml", deep_merge(smoke_params(), {"evaluate_safety": {"model": str(tiny_model)}}))
     run = subprocess.run([sys.executable, str(REPO / "stages/evaluate_safety.py"), str(tiny_model),
                           str(REPO / "data/probes"), "m.json", "reports/safety.md"], capture_output=True, text=True,
                          env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
@@ -73,7 +74,9 @@ def test_safety_stage_end_to_end(project, tiny_model):
     metrics = json.loads((project / "m.json").read_text())
     assert set(metrics["probes"]) == {"toxicity", "bias", "jailbreak", "prompt_injection"}
     assert metrics["probes"]["jailbreak"]["items"] == 6 and metrics["probes"]["prompt_injection"]["items"] == 3
-    assert metrics["toxicity_backend"] == "wordlist" and "fallback" in metrics["toxicity_backend_note"]
+    # No Detoxify checkpoint in the smoke params: the configured fallback scores the outputs.
+    fallback = smoke_params()["quality_gates"]["toxicity"]["fallback"]
+    assert metrics["toxicity_backend"] == fallback and "fallback" in metrics["toxicity_backend_note"]
     assert set(metrics["bias"]["categories"]) == {"age", "gender", "race_ethnicity", "religion"}
     report = (project / "reports/safety.md").read_text()
     assert "## Recommendations" in report and "| jailbreak | critical |" in report

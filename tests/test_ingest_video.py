@@ -201,13 +201,17 @@ def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper
     shutil.copy(root / synthetic.SPEECH, folder / synthetic.SPEECH)
     project, checkpoint = whisper_checkpoint
     monkeypatch.chdir(project)
-    p = _params(**{"transcription.checkpoint": str(checkpoint)})
+    p = _params(**{"source": str(folder), "transcription.checkpoint": str(checkpoint)})
     result = ingest_folder(folder, p, None, "t", tmp_path / "out")
     transcript = result.items[0]["annotations"]["transcript"]
     assert result.metrics["transcription"]["status"] == "ok" and result.metrics["transcription"]["backend"] == "whisper"
     assert transcript["status"] == "ok" and transcript["segments"]
+    # Whisper's timestamp rules: the first segment starts within the first second, and every
+    # segment has a nonzero length (times in seconds, not frames or tokens); greedy decoding
+    # of even a random model emits text (here: 0.0-0.12 s, "France France ...").
+    assert transcript["segments"][0]["start_s"] <= 1.0
     for seg in transcript["segments"]:
-        assert 0.0 <= seg["start_s"] <= seg["end_s"] and isinstance(seg["text"], str)
+        assert 0.0 <= seg["start_s"] < seg["end_s"] and seg["text"], seg
 
 
 def test_a_missing_checkpoint_path_is_a_recorded_skip(tmp_path):
@@ -218,7 +222,7 @@ def test_a_missing_checkpoint_path_is_a_recorded_skip(tmp_path):
 def test_stage_writes_identical_outputs_twice(project, media):
     root, _ = media
     params = smoke_params()
-    params["ingest_video"]["ground_truth"] = str(root / "ground_truth.json")
+    params["ingest_video"].update(source=str(root), ground_truth=str(root / "ground_truth.json"))
     write_params(project / "params.yaml", params)
     env = {**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "SOURCE_DATE_EPOCH": "0"}
     for out in ("a", "b"):

@@ -1,7 +1,6 @@
 """LoRA/QLoRA, quantization and distillation on a tiny model built from a config."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -102,7 +101,10 @@ def test_qlora_step_on_a_4bit_base(base, tmp_path):
     path, _, blocks = base
     model = _train_adapter(base, tmp_path, "q", seed=3, qlora=True, steps=2)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
-    assert math.isfinite(trainer.mean_loss(model, blocks[:4], 4))
+    # Two steps move the loss little; a 4-bit load that garbled the weights would not be near it
+    # (observed: 2.538 against the fp32 base's 2.525; an untrained model's is ~ln(320) = 5.8).
+    base_loss = trainer.mean_loss(lora.load_base(path, False), blocks[:4], 4)
+    assert abs(trainer.mean_loss(model, blocks[:4], 4) - base_loss) < 0.05 * base_loss
     assert (tmp_path / "q" / "merged" / "model.safetensors").is_file()
 
 
@@ -119,9 +121,10 @@ def test_each_supported_method_saves_reloads_and_stays_close(base, tmp_path, met
     reference = causal_lm.load_pretrained(str(path))
     assert quantize.state_dict_bytes(reloaded) < quantize.state_dict_bytes(reference)
     loss_ref, loss_q = trainer.mean_loss(reference, blocks, 8), trainer.mean_loss(reloaded, blocks, 8)
-    assert abs(loss_q - loss_ref) < 0.25 * loss_ref
+    assert abs(loss_q - loss_ref) < 0.02 * loss_ref  # observed: 0.09% (nf4), 0.003% (int8)
     agreement = quantize.greedy_agreement(reference, reloaded, tok, ["Question: What is 3 plus 4?\nAnswer:"], 6)
-    assert 0.0 <= agreement["token_agreement"] <= 1.0
+    # Observed 1.0 (6 of 6 greedy tokens) for every method; one flip is allowed for other kernels.
+    assert agreement["token_agreement"] >= 5 / 6
 
 
 def test_nf4_file_is_much_smaller_than_fp32(base, tmp_path):

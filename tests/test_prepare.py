@@ -1,17 +1,19 @@
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pandas as pd
 import pytest
+import yaml
 
-from spark_trainer.data.manifest import schema_problems, text_item
+from spark_trainer.data.manifest import UNKNOWN_TIME, build_timestamp, schema_problems, text_item
 from spark_trainer.data.prepare import collect
 from spark_trainer.data.splits import stratified_split
 from spark_trainer.data.validation import manifest_expectations, manifest_frame, run_suite
-from spark_trainer.errors import InputDataError, ValidationFailed
-from spark_trainer.params import SourceParams
-from tests.conftest import REPO, repo_params, venv_env, write_params
+from spark_trainer.errors import InputDataError, ParamsError, ValidationFailed
+from spark_trainer.params import SourceParams, validate_section
+from tests.conftest import REPO, copy_repo, repo_params, smoke_params, venv_env, write_params
 
 SUBJECTS = ("arithmetic", "world_facts")
 
@@ -116,17 +118,160 @@ def test_great_expectations_success_summary():
     assert summary == {"suite": "ok_suite", "evaluated": 10, "failed": 0, "success": True}
 
 
-def test_prepare_stage_stops_on_validation_failure(project):
-    _write_jsonl(project / "data.jsonl", _records(8) + [{"id": "bad", "text": "x", "subject": "astrology"}])
+def _run_prepare_stage(project, sources, **prepare):
     params = repo_params()
-    params["prepare"]["sources"] = [{"kind": "jsonl", "path": "data.jsonl", "text_field": "text",
-                                     "subject_field": "subject", "id_field": "id"}]
+    params["prepare"].update(sources=sources, **prepare)
     write_params(project / "params.yaml", params)
-    run = subprocess.run([sys.executable, str(REPO / "stages/prepare.py"), "out", "m.json"], capture_output=True,
-                         text=True, env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
+    env = {**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, str(REPO / "stages/prepare.py"), "out", "m.json"], capture_output=True,
+                          text=True, check=False, env=env)
+
+
+JSONL_SOURCE = {"kind": "jsonl", "path": "data.jsonl", "text_field": "text", "subject_field": "subject",
+                "id_field": "id"}
+
+
+def test_prepare_stage_stops_on_validation_failure(project):
+    _write_jsonl(project / "data.jsonl", _records(8) + [{"id": "r3", "text": "a second r3", "subject": "arithmetic"}])
+    run = _run_prepare_stage(project, [JSONL_SOURCE])
     assert run.returncode == 2
-    assert "suite 'prepare_manifest' failed 1 of 10" in run.stderr and "astrology" in run.stderr
+    assert "suite 'prepare_manifest' failed 1 of 10" in run.stderr and "expect_column_values_to_be_unique" in run.stderr
     assert not (project / "out").exists() and not (project / "m.json").exists()
+
+
+def test_subject_outside_allowed_subjects_names_the_key_file_and_line(project):
+    _write_jsonl(project / "data.jsonl", _records(8) + [{"id": "bad", "text": "x", "subject": "astrology"}])
+    run = _run_prepare_stage(project, [JSONL_SOURCE])
+    assert run.returncode == 2
+    assert ("data.jsonl, line 9: subject not in prepare.allowed_subjects: 'astrology'" in run.stderr
+            and "on_bad_record: quarantine" in run.stderr)
+    assert "expect_column" not in run.stderr and "Great Expectations" not in run.stderr
+    assert not (project / "out").exists() and not (project / "m.json").exists()
+
+
+def test_subject_outside_allowed_subjects_is_quarantined_and_counted(tmp_path):
+    path = _write_jsonl(tmp_path / "odd.jsonl", _records(4) + [{"id": "bad", "text": "x", "subject": "astrology"}])
+    result = collect((_source("jsonl", path),), "quarantine", "t", allowed_subjects=SUBJECTS)
+    assert [it["id"] for it in result.items] == ["r0", "r1", "r2", "r3"]
+    [q] = result.quarantined
+    assert q["source"] == str(path) and q["line"] == 5
+    assert q["reason"].startswith("subject not in prepare.allowed_subjects: 'astrology'")
+    assert result.rows_in[str(path)] == result.items_out[str(path)] + result.quarantined_per_source[str(path)] == 5
+
+
+def test_rows_without_a_subject_get_the_default(tmp_path):
+    records = _records(4)
+    del records[1]["subject"]
+    records[2]["subject"] = None
+    records[3]["subject"] = ""
+    path = _write_jsonl(tmp_path / "some.jsonl", records)
+    no_subject = tmp_path / "none.csv"
+    pd.DataFrame([{"text": f"passage {i}"} for i in range(3)]).to_csv(no_subject, index=False)
+    sources = (_source("jsonl", path), SourceParams(kind="csv", path=str(no_subject), text_field="text",
+                                                    subject_field="", id_field=""))
+    result = collect(sources, "error", "t", allowed_subjects=(*SUBJECTS, "general"), default_subject="general")
+    assert [it["metadata"]["subject"] for it in result.items] == ["arithmetic"] + ["general"] * 6
+    assert all(isinstance(it["metadata"]["subject"], str) and schema_problems(it) == [] for it in result.items)
+    assert result.items[1]["metadata"]["flags"] == ["subject_defaulted"] and "flags" not in result.items[0]["metadata"]
+    assert dict(result.default_subject_rows) == {str(path): 3, str(no_subject): 3}
+    with pytest.raises(InputDataError, match=r"some\.jsonl, line 2: missing field 'subject'.*prepare\.default_subject"):
+        collect(sources, "error", "t", allowed_subjects=SUBJECTS)
+
+
+def test_prepare_stage_on_data_without_a_subject_column(project):
+    pd.DataFrame([{"body": f"passage number {i}"} for i in range(20)]).to_csv(project / "mine.csv", index=False)
+    _write_jsonl(project / "data.jsonl", _records(6) + [{"id": "x", "text": "x", "subject": "astrology"}])
+    mine = {"kind": "csv", "path": "mine.csv", "text_field": "body", "subject_field": "", "id_field": ""}
+    run = _run_prepare_stage(project, [mine, JSONL_SOURCE], on_bad_record="quarantine", default_subject="general",
+                             allowed_subjects=[*SUBJECTS, "general"])
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((project / "m.json").read_text())
+    assert metrics["default_subject"] == {"subject": "general", "rows": 20}
+    assert metrics["per_source"] == {
+        "mine.csv": {"rows_in": 20, "items_out": 20, "quarantined": 0, "default_subject": 20},
+        "data.jsonl": {"rows_in": 7, "items_out": 6, "quarantined": 1, "default_subject": 0}}
+    counts = (metrics["rows_in"], metrics["items_out"], metrics["quarantined"], metrics["counts_balance"])
+    assert counts == (27, 26, 1, True)
+    assert metrics["quarantine_reasons"] == {"subject not in prepare.allowed_subjects": 1}
+    [q] = [json.loads(line) for line in (project / "out/quarantine.jsonl").read_text().splitlines()]
+    assert (q["source"], q["line"]) == ("data.jsonl", 7) and "prepare.allowed_subjects" in q["reason"]
+    items = [json.loads(line) for split in ("train", "val", "test")
+             for line in (project / f"out/{split}.jsonl").read_text().splitlines()]
+    assert sorted(Counter(it["metadata"]["subject"] for it in items).items()) == [("arithmetic", 3), ("general", 20),
+                                                                                   ("world_facts", 3)]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ({"default_subject": "general"}, r"prepare\.default_subject 'general' is not in prepare\.allowed_subjects"),
+    ({"sources": [{**JSONL_SOURCE, "subject_field": ""}]},
+     r"prepare\.sources\[0\]\.subject_field is \"\" \(no subject column\), so prepare\.default_subject must name"),
+])
+def test_subject_params_are_checked_before_any_work(override, expected):
+    with pytest.raises(ParamsError, match=expected):
+        validate_section("prepare", {**repo_params()["prepare"], **override})
+
+
+def test_created_at_is_source_date_epoch_else_unknown_never_git_or_clock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a git repository with a commit: its time must not leak into items
+    env = {**venv_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.org", "GIT_COMMITTER_DATE": "2001-02-03T04:05:06Z"}
+    for cmd in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "c"]):
+        subprocess.run(cmd, env=env, check=True)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert build_timestamp() == UNKNOWN_TIME == "1970-01-01T00:00:00Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    assert build_timestamp() == "2026-01-01T00:00:00Z"
+    path = _write_jsonl(tmp_path / "a.jsonl", _records(2))
+    assert {it["created_at"] for it in collect((_source("jsonl", path),), "error", build_timestamp()).items} == {
+        "2026-01-01T00:00:00Z"}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(InputDataError, match=r"SOURCE_DATE_EPOCH='yesterday' is not a whole number of seconds"):
+        build_timestamp()
+
+
+def test_created_at_field_gives_each_row_its_own_time(tmp_path):
+    records = _records(5)
+    for record, when in zip(records, ["2024-03-01T12:00:00+02:00", 1700000000, "1700000000", None, "soon"]):
+        record["ts"] = when
+    path = _write_jsonl(tmp_path / "timed.jsonl", records)
+    src = SourceParams(kind="jsonl", path=str(path), text_field="text", subject_field="subject", id_field="id",
+                       created_at_field="ts")
+    result = collect((src,), "quarantine", "2026-01-01T00:00:00Z")
+    assert [it["created_at"] for it in result.items] == ["2024-03-01T10:00:00Z", "2023-11-14T22:13:20Z",
+                                                         "2023-11-14T22:13:20Z", "2026-01-01T00:00:00Z"]
+    [q] = result.quarantined
+    assert q["line"] == 5 and q["reason"].startswith("bad time in field 'ts': 'soon' is not a time")
+    assert "prepare.sources[0].created_at_field" in q["reason"]
+
+
+def test_prepared_data_does_not_change_with_an_unrelated_commit(tmp_path):
+    """`dvc repro -f` of prepare after a README-only commit gives the same data/prepared hash."""
+    root = copy_repo(tmp_path)
+    write_params(root / "params.yaml", smoke_params())
+    env = {**venv_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.org"}
+    env.pop("SOURCE_DATE_EPOCH", None)
+
+    def run(*cmd, date="2001-01-01T00:00:00Z"):
+        done = subprocess.run(cmd, cwd=root, env={**env, "GIT_COMMITTER_DATE": date, "GIT_AUTHOR_DATE": date},
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+    def prepared_md5():
+        lock = yaml.safe_load((root / "dvc.lock").read_text())
+        [out] = [o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared"]
+        return out["md5"]
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "first")
+    run("dvc", "repro", "prepare")
+    before = prepared_md5()
+    with (root / "README.md").open("a") as f:
+        f.write("\nA line that changes nothing the pipeline reads.\n")
+    run("git", "commit", "-qam", "README only", date="2002-02-02T00:00:00Z")  # a later commit time
+    run("dvc", "repro", "--force", "--single-item", "prepare")
+    assert prepared_md5() == before
 
 
 def test_hf_source_goes_through_datasets_load_dataset(tmp_path, monkeypatch):

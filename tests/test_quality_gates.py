@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spark_trainer.data.manifest import text_item
-from spark_trainer.errors import ModelSourceError, ValidationFailed
+from spark_trainer.errors import ModelSourceError, ParamsError, ValidationFailed
 from spark_trainer.params import validate_section
 from spark_trainer.quality import dedup, gates, ground_truth, pii, toxicity
 from tests.conftest import REPO, deep_merge, repo_params, venv_env
@@ -101,6 +101,85 @@ def test_pii_numbers_in_plain_text_are_not_phone_numbers(pii_engine):
 # ------------------------------------------------------------------ toxicity
 
 
+def sample_comments(planted_toxic=40):
+    """The sample's planted toxic lines and clean controls, with the repo's sample params."""
+    from spark_trainer.data.sample import generate
+
+    s = validate_section("sample", repo_params()["sample"])
+    data = generate(s.seed, s.subjects, s.qa_per_subject, s.world_towns, s.fact_phrasings, s.passages_per_subject,
+                    s.mmlu_dev_per_subject, s.mmlu_test_per_subject, {**s.planted.model_dump(), "toxic": planted_toxic})
+    by_id = {d["id"]: d for d in data.corpus}
+    planted = [lab for lab in data.labels if "toxic" in lab]
+    return [by_id[lab["id"]] for lab in planted], planted
+
+
+def test_profanity_check_scores_only_toxicity_and_separates_clean_from_toxic():
+    scorer = toxicity.build_scorer("profanity_check", "original", "", "", "error", 8)
+    assert scorer.backend == "profanity_check" and scorer.note == "configured backend"
+    toxic, clean, empty = scorer.score(["Fuck off, you worthless piece of shit.", "Zorath trades copper.", ""])
+    assert set(toxic) == {"toxicity"}  # one score, mapped to the toxicity category
+    assert toxic["toxicity"] > 0.9 and clean["toxicity"] < 0.2 and empty["toxicity"] < 0.2
+    assert toxicity.flagged(toxic, {"toxicity": 0.5, "insult": 0.5}) == {"toxicity": pytest.approx(toxic["toxicity"],
+                                                                                                   abs=1e-4)}
+    assert scorer.score([]) == []
+
+
+def test_missing_checkpoint_falls_back_to_profanity_check_by_default(tmp_path):
+    t = params().toxicity
+    assert t.fallback == "profanity_check"
+    scorer = toxicity.build_scorer("detoxify", "original", str(tmp_path / "none.ckpt"), "", t.fallback, 8)
+    assert scorer.backend == "profanity_check" and "fallback: no Detoxify checkpoint at" in scorer.note
+
+
+def test_profanity_check_needs_a_toxicity_threshold():
+    raw = repo_params()["quality_gates"]
+    raw["toxicity"]["thresholds"] = {"insult": 0.5}   # replaced, not merged
+    with pytest.raises(ParamsError, match="profanity_check scores only the `toxicity` category"):
+        validate_section("quality_gates", raw)
+    raw["toxicity"]["fallback"] = "wordlist"
+    assert validate_section("quality_gates", raw).toxicity.thresholds == {"insult": 0.5}
+
+
+def _measured(scorer, toxic, clean):
+    flags = [bool(toxicity.flagged(s, {"toxicity": 0.5})) for s in scorer.score(toxic + clean)]
+    tp, fp = sum(flags[:len(toxic)]), sum(flags[len(toxic):])
+    return tp / len(toxic), (tp / (tp + fp) if tp + fp else None)
+
+
+def test_profanity_check_beats_the_wordlist_on_the_held_out_set():
+    """Why profanity_check is the offline fallback (benchmarks/toxicity_fallback.py prints the same):
+    measured at the default threshold on sentences written apart from the term list and the sample
+    (observed: profanity_check recall 0.609, precision 0.894; wordlist recall 0.246, precision 0.895)."""
+    from benchmarks.toxicity_fallback import HELD_OUT_CLEAN, HELD_OUT_TOXIC
+
+    assert len(HELD_OUT_TOXIC) >= 60 and len(HELD_OUT_CLEAN) >= 60
+    assert not set(HELD_OUT_TOXIC) & set(HELD_OUT_CLEAN)
+    pc_recall, pc_precision = _measured(toxicity.profanity_check_scorer("t"), HELD_OUT_TOXIC, HELD_OUT_CLEAN)
+    wl_recall, wl_precision = _measured(toxicity.wordlist_scorer("t"), HELD_OUT_TOXIC, HELD_OUT_CLEAN)
+    assert pc_recall >= 0.58 and pc_precision >= 0.85          # floors just under what was observed
+    assert wl_recall <= 0.30                                   # the word list misses most of them
+    assert pc_recall >= wl_recall + 0.25 and pc_precision >= wl_precision - 0.05
+
+
+def test_fallback_recall_on_the_planted_sample_is_measured_through_the_gate():
+    """The gate on the sample's planted comments (40 toxic, 40 clean controls with borderline words),
+    scored by ground_truth against labels.jsonl's labels. Observed with profanity_check: recall
+    13/40 = 0.325 (every obscene line, a third of the insults, no threat or identity attack without
+    a swear word), 5 of 40 controls flagged; the word list recalls 2/40."""
+    docs, labels = sample_comments()
+    splits = {"train": [item(d["id"], d["text"]) for d in docs], "val": [], "test": []}
+    outcome = gates.run_gates(splits, params(order=["toxicity"]))
+    scored = ground_truth.evaluate(labels, outcome.rejected, {}, set(outcome.reports), gates.backends(outcome))
+    t = scored["toxicity"]
+    assert t["backend"] == "profanity_check" and t["actual"] == 40
+    assert 0.30 <= t["recall"] < 1.0                     # measured, not true by construction
+    assert t["precision"] >= 0.70 and t["clean_controls"] == {"planted": 40, "flagged": t["predicted"] - t["true_positives"]}
+    assert t["clean_controls"]["flagged"] <= 6
+    wordlist = gates.run_gates(splits, params(order=["toxicity"], toxicity={"backend": "wordlist"}))
+    wl = ground_truth.evaluate(labels, wordlist.rejected, {}, {"toxicity"}, gates.backends(wordlist))["toxicity"]
+    assert wl["backend"] == "wordlist" and wl["recall"] <= 0.15 < t["recall"]
+
+
 def test_wordlist_scorer_is_transparent():
     scorer = toxicity.wordlist_scorer("configured backend")
     hateful, clean = scorer.score(["You are a worthless idiot, Omar.", "Zorath trades copper."])
@@ -147,7 +226,7 @@ def test_detoxify_loads_a_local_checkpoint_and_scores(tmp_path):
     assert toxicity.flagged(scores[1], {"insult": 0.5, "toxicity": 0.5}) == {"insult": pytest.approx(0.9933, abs=1e-4)}
 
 
-def test_missing_checkpoint_falls_back_to_the_wordlist_and_says_so(tmp_path, caplog):
+def test_missing_checkpoint_falls_back_to_the_wordlist_and_says_so(tmp_path):
     scorer = toxicity.build_scorer("detoxify", "original", str(tmp_path / "none.ckpt"), "", "wordlist", 8)
     assert scorer.backend == "wordlist" and "no Detoxify checkpoint at" in scorer.note
     with pytest.raises(ModelSourceError, match="set quality_gates.toxicity.checkpoint"):
@@ -215,16 +294,21 @@ def test_pii_drop_action_rejects_the_item():
 
 def test_ground_truth_scores_pairs_entities_and_items():
     labels = [{"id": "x2", "exact_duplicate_of": "x1"}, {"id": "n2", "near_duplicate_of": "n1"},
-              {"id": "p", "pii": [{"type": "EMAIL_ADDRESS", "start": 0, "end": 5}]}, {"id": "t", "toxic": True}]
+              {"id": "p", "pii": [{"type": "EMAIL_ADDRESS", "start": 0, "end": 5}]}, {"id": "t", "toxic": True},
+              {"id": "t2", "toxic": True}, {"id": "c1", "toxic": False}, {"id": "c2", "toxic": False}]
     rejected = [{"id": "x1", "gate": "exact_dedup", "scores": {"duplicate_of": "x2"}},   # either copy may go
                 {"id": "q", "gate": "near_dedup", "scores": {"duplicate_of": "r"}},      # a false positive
-                {"id": "t", "gate": "toxicity", "scores": {}}]
+                {"id": "t", "gate": "toxicity", "scores": {}}, {"id": "c1", "gate": "toxicity", "scores": {}}]
     detections = {"p": [{"type": "EMAIL_ADDRESS", "start": 1, "end": 4}, {"type": "US_SSN", "start": 9, "end": 12}]}
-    scored = ground_truth.evaluate(labels, rejected, detections, {"exact_dedup", "near_dedup", "pii", "toxicity"})
+    scored = ground_truth.evaluate(labels, rejected, detections, {"exact_dedup", "near_dedup", "pii", "toxicity"},
+                                   {"pii": "presidio:pattern-only", "toxicity": "profanity_check"})
     assert (scored["exact_dedup"]["precision"], scored["exact_dedup"]["recall"]) == (1.0, 1.0)
     assert (scored["near_dedup"]["precision"], scored["near_dedup"]["recall"]) == (0.0, 0.0)
     assert (scored["pii"]["precision"], scored["pii"]["recall"]) == (0.5, 1.0)
-    assert (scored["toxicity"]["precision"], scored["toxicity"]["recall"]) == (1.0, 1.0)
+    assert (scored["toxicity"]["precision"], scored["toxicity"]["recall"]) == (0.5, 0.5)
+    assert scored["toxicity"]["clean_controls"] == {"planted": 2, "flagged": 1}
+    assert scored["toxicity"]["backend"] == "profanity_check" and scored["pii"]["backend"] == "presidio:pattern-only"
+    assert "backend" not in scored["exact_dedup"]
 
 
 def test_stage_writes_clean_splits_rejected_card_and_balanced_metrics(project):
@@ -244,7 +328,8 @@ def test_stage_writes_clean_splits_rejected_card_and_balanced_metrics(project):
     assert metrics["counts"] == {"balanced": True, "in": {"test": 1, "train": 5, "val": 1},
                                  "out": {"test": 1, "train": 2, "val": 0}, "rejected": {"test": 0, "train": 3, "val": 1}}
     assert metrics["contamination"] == {"test": 0, "val": 1}
-    assert metrics["gates"]["toxicity"]["details"]["backend"] == "wordlist"
+    assert metrics["gates"]["toxicity"]["details"]["backend"] == "profanity_check"
+    assert "fallback: no Detoxify checkpoint configured" in metrics["gates"]["toxicity"]["details"]["backend_note"]
     assert metrics["ground_truth_labels"] == "none" and metrics["validation"]["success"]
     rejected = [json.loads(line) for line in (project / "clean/rejected.jsonl").read_text().splitlines()]
     assert {(r["id"], r["gate"], r["reason"]) for r in rejected} == {

@@ -39,14 +39,18 @@ def assets(tmp_path_factory):
         model.save_pretrained(root / f"model{seed}")
         tok.save_pretrained(root / f"model{seed}")
     (root / "mmlu.json").write_text(json.dumps({"continuation": {"acc": {"overall": {"acc": 0.5, "n": 20}}}}))
+    (root / "clean").mkdir()  # the dataset folder lineage.json names (package.data must exist)
+    (root / "clean" / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in data.corpus))
     return root
 
 
 def release_params(assets, **overrides) -> dict:
     base = {
-        "package": {"name": NAME, "model": str(assets / "model0"), "evaluations": {"mmlu": str(assets / "mmlu.json")},
+        "package": {"name": NAME, "model": str(assets / "model0"), "data": str(assets / "clean"),
+                    "evaluations": {"mmlu": str(assets / "mmlu.json")},
                     "signing_key": "env:SPARK_TRAINER_SIGNING_KEY"},
         "register": {"model_name": NAME, "allow_unsigned": False},
+        "evaluate_safety": {"model": str(assets / "model0")},  # canary_promote reads its probe settings
         "canary_promote": {"steps": [50, 100],
                            "traffic": {"mmlu": str(assets / "mmlu"), "prompts": str(REPO / "data/probes"),
                                        "max_items": 20},
@@ -208,22 +212,26 @@ def test_failed_canary_keeps_the_champion_and_approval_moves_it(champion_project
     assert aliases(signed)["champion"] == "1"
 
     # The same challenger, with approval required and passing rules: it waits for a person.
+    # Wall-clock latency is left out of the decision (a margin no run reaches): two untrained
+    # models answer no question right ([0, 0] intervals) and leak nothing (safety 1.0 each),
+    # so the decision is Successful on every machine.
+    passing = {"require_approval": True, "rules": {"latency_p95_ms": {"margin": 1000.0}}}
     write_params(signed / "params.yaml", release_params(assets, package={"model": str(assets / "model1")},
-                                                        canary_promote={"require_approval": True}))
+                                                        canary_promote=passing))
     ok(stage(signed, "canary_promote"))
     result = metrics(signed, "canary_promote")
     step = result["steps"][-1]["metrics"]["accuracy"]
     assert {"test", "statistic", "p_value", "ci_low", "ci_high", "verdict"} <= set(step)
-    if result["decision"] == "Successful":
-        assert result["status"] == "awaiting_approval" and aliases(signed)["champion"] == "1"
-        approve = [sys.executable, str(REPO / "scripts/approve.py"), NAME, "2", "--by", "Ada"]
-        ok(subprocess.run(approve, cwd=signed, capture_output=True, text=True, env=_env(signed)))
-        assert aliases(signed)["champion"] == "2"
-        log = [json.loads(line) for line in (signed / "registry/promotions.jsonl").read_text().splitlines()]
-        assert [r["action"] for r in log] == ["promote", "rollback", "awaiting_approval", "approve"]
-        assert log[-1]["by"] == "Ada" and log[-1]["champion_before"] == "1"
-    else:  # noisy latency can leave it inconclusive; nothing may move then
-        assert result["status"] == "unchanged" and aliases(signed)["champion"] == "1"
+    assert [s["traffic_percent"] for s in result["steps"]] == [50, 100]
+    assert (step["champion"], step["challenger"], step["n_challenger"]) == (0.0, 0.0, 20)
+    assert result["decision"] == "Successful", result["reason"]
+    assert result["status"] == "awaiting_approval" and aliases(signed)["champion"] == "1"
+    approve = [sys.executable, str(REPO / "scripts/approve.py"), NAME, "2", "--by", "Ada"]
+    ok(subprocess.run(approve, cwd=signed, capture_output=True, text=True, env=_env(signed)))
+    assert aliases(signed)["champion"] == "2"
+    log = [json.loads(line) for line in (signed / "registry/promotions.jsonl").read_text().splitlines()]
+    assert [r["action"] for r in log] == ["promote", "rollback", "awaiting_approval", "approve"]
+    assert log[-1]["by"] == "Ada" and log[-1]["champion_before"] == "1"
     refused = subprocess.run([sys.executable, str(REPO / "scripts/approve.py"), NAME, "1", "--by", "Ada"],
                              cwd=signed, capture_output=True, text=True, env=_env(signed))
     assert refused.returncode == 2 and "not awaiting approval" in refused.stderr

@@ -1,6 +1,7 @@
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_trainer.data.sample import PII_TYPES, SUBJECTS, generate, mmlu_csv
+from spark_trainer.data.sample import _TOXIC_COMMENTS, PII_TYPES, SUBJECTS, generate, mmlu_csv, summary
 from tests.conftest import REPO, venv_env
 
 PLANTED = {"exact_duplicates": 6, "near_duplicates": 6, "pii": 12, "toxic": 5}
@@ -75,6 +76,41 @@ def test_planted_labels_are_ground_truth():
         for entity in label.get("pii", []):
             assert text[entity["start"]:entity["end"]] == entity["value"]
     assert {e["type"] for label in data.labels for e in label.get("pii", [])} == set(PII_TYPES)
+
+
+def _planted_comments(data):
+    by_id = {d["id"]: d["text"] for d in data.corpus}
+    toxic = [(label, by_id[label["id"]]) for label in data.labels if label.get("toxic") is True]
+    controls = [(label, by_id[label["id"]]) for label in data.labels if label.get("toxic") is False]
+    return toxic, controls
+
+
+def test_planted_toxic_lines_come_with_as_many_labelled_clean_controls():
+    toxic, controls = _planted_comments(_generate())
+    assert len(toxic) == PLANTED["toxic"] == len(controls)
+    assert all(label["problems"] == ["toxic"] and label["category"] in
+               {"insult", "threat", "obscene", "identity_attack"} for label, _ in toxic)
+    assert all(label["problems"] == [] and label["borderline"] for label, _ in controls)
+    assert len({text for _, text in toxic + controls}) == 2 * PLANTED["toxic"]
+    assert summary(_generate())["planted"]["toxic"] == PLANTED["toxic"]  # controls are not problems
+
+
+def test_planted_toxic_lines_are_not_built_from_the_word_list():
+    """The word-list fallback must not see the planted comments: if terms are copied across
+    (into toxic_terms.tsv or into sample.py's comments), its recall becomes true by construction."""
+    from spark_trainer.quality import toxicity
+
+    every = len(_TOXIC_COMMENTS)  # the first cycle plants each comment template once
+    data = generate(7, SUBJECTS, 80, 8, 2, 10, 5, 12, {**PLANTED, "toxic": every})
+    toxic, _ = _planted_comments(data)
+    assert len({label["category"] for label, _ in toxic}) == 4
+    scores = toxicity.wordlist_scorer("test").score([text for _, text in toxic])
+    without_a_term = sum(s["toxicity"] == 0.0 for s in scores)
+    assert without_a_term >= 0.8 * every, f"only {without_a_term}/{every} planted lines avoid the term list"
+    terms = {line.split("\t")[1].lower() for line in toxicity.TERMS_FILE.read_text(encoding="utf-8").splitlines()
+             if line and not line.startswith("#")}
+    words = {w.lower() for _, template in _TOXIC_COMMENTS for w in re.findall(r"[A-Za-z']+", template)}
+    assert len(terms & words) <= 3, sorted(terms & words)  # observed: {"idiot"}
 
 
 def test_planted_card_numbers_pass_luhn_and_ibans_pass_mod97():

@@ -51,24 +51,28 @@ def _in_external(value: str, kind: str) -> bool:
     return Path(value).parts[: len(folder.parts)] == folder.parts and ".." not in Path(value).parts
 
 
-def _external_path(kind: str, hub_ok: bool):
-    def check(value: str) -> str:
+class _ExternalCheck:
+    """The validator behind `ExternalPath`; it keeps its kind so tests can list every such param."""
+
+    def __init__(self, kind: str, hub_ok: bool) -> None:
+        self.kind, self.hub_ok = kind, hub_ok
+
+    def __call__(self, value: str) -> str:
         if not value:
             return value
-        if hub_ok and not _is_local(value) and _HUB_ID.match(value):
+        if self.hub_ok and not _is_local(value) and _HUB_ID.match(value):
             return value  # a hub id: a param, never a dvc.yaml dep (DVC stops on a missing dep path)
-        if not _in_external(value, kind):
-            raise ValueError(f"'{value}' is outside {EXTERNAL_DIR}/{kind}/, the folder dvc.yaml declares as this "
-                             f"stage's dep for {kind} files: put (or `dvc add`) it there so a new one reruns the stage"
-                             + (", or give a hub id" if hub_ok else ""))
+        if not _in_external(value, self.kind):
+            raise ValueError(f"'{value}' is outside {EXTERNAL_DIR}/{self.kind}/, the folder dvc.yaml declares as "
+                             f"this stage's dep for {self.kind} files: put (or `dvc add`) it there so a new one "
+                             "reruns the stage" + (", or give a hub id" if self.hub_ok else ""))
         return value
 
-    return check
 
-
-def ExternalPath(kind: str, hub_ok: bool = False):
+def ExternalPath(kind: str, hub_ok: bool = False):  # noqa: N802 - a type, used like one
     """'' (none), a path under models/external/<kind>/, or (hub_ok) a hub id."""
-    return Annotated[str, AfterValidator(_external_path(kind, hub_ok))]
+    assert kind in EXTERNAL_KINDS, kind
+    return Annotated[str, AfterValidator(_ExternalCheck(kind, hub_ok))]
 
 
 def _dep_path(value: str) -> str:
@@ -136,8 +140,11 @@ class SourceParams(Section):
     kind: Literal["jsonl", "csv", "parquet", "hf"]
     path: str = Field(min_length=1)  # a local file, or a dataset id when kind is hf
     text_field: str = Field(min_length=1)
-    subject_field: str = Field(min_length=1)
+    subject_field: str  # "": no subject column, every row gets prepare.default_subject
     id_field: str  # "" makes ids from the source name and row number
+    # Optional like hf_split, so a source entry written before it existed stays valid; params.yaml
+    # shows it. "": created_at comes from SOURCE_DATE_EPOCH or is unknown (data/manifest.py).
+    created_at_field: str = ""
     hf_split: str | None = None  # only for kind: hf
 
     @model_validator(mode="after")
@@ -158,6 +165,7 @@ class PrepareParams(Section):
     min_chars: PositiveInt
     max_chars: PositiveInt
     allowed_subjects: Annotated[StrTuple, Field(min_length=1)]
+    default_subject: str  # the subject of a row without one; "": such a row is a bad record
 
     @model_validator(mode="after")
     def _ranges(self) -> PrepareParams:
@@ -165,6 +173,14 @@ class PrepareParams(Section):
             raise ValueError("val_fraction + test_fraction must be below 1")
         if self.min_chars > self.max_chars:
             raise ValueError("min_chars must not exceed max_chars")
+        if self.default_subject and self.default_subject not in self.allowed_subjects:
+            raise ValueError(f"prepare.default_subject '{self.default_subject}' is not in prepare.allowed_subjects "
+                             f"{list(self.allowed_subjects)}; add it there, or pick one of those")
+        for i, src in enumerate(self.sources):
+            if not src.subject_field and not self.default_subject:
+                raise ValueError(f"prepare.sources[{i}].subject_field is \"\" (no subject column), so "
+                                 "prepare.default_subject must name the subject its rows get (and "
+                                 "prepare.allowed_subjects list it); or name the source's subject field")
         return self
 
 
@@ -213,11 +229,11 @@ class PiiParams(Section):
 
 class ToxicityParams(Section):
     enabled: bool
-    backend: Literal["detoxify", "wordlist"]
+    backend: Literal["detoxify", "profanity_check", "wordlist"]
     model_type: Literal["original", "unbiased", "multilingual"]
     checkpoint: ExternalPath("detoxify")               # a Detoxify .ckpt file; "" = none (the fallback runs)
     huggingface_config_path: ExternalPath("detoxify")  # the encoder's config + tokenizer folder
-    fallback: Literal["wordlist", "error"]
+    fallback: Literal["profanity_check", "wordlist", "error"]
     batch_size: PositiveInt
     thresholds: Annotated[dict[ToxicCategory, Annotated[float, Field(gt=0.0, le=1.0)]],
                           Field(strict=False, min_length=1)]
@@ -227,6 +243,8 @@ class ToxicityParams(Section):
         if bool(self.checkpoint) != bool(self.huggingface_config_path):
             raise ValueError("checkpoint and huggingface_config_path go together (set both, or neither): without "
                              "a local encoder config Detoxify would ask the hub")
+        if "profanity_check" in (self.backend, self.fallback) and "toxicity" not in self.thresholds:
+            raise ValueError("profanity_check scores only the `toxicity` category: thresholds must set toxicity")
         return self
 
 

@@ -1,4 +1,4 @@
-"""The dataset manifest schema of DESIGN.md: one JSON object per line.
+"""The dataset manifest schema (docs/stages/prepare.md): one JSON object per line.
 
 Text items keep their text in a top-level `text` field, everywhere in the project.
 """
@@ -6,9 +6,9 @@ Text items keep their text in a top-level `text` field, everywhere in the projec
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
-import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 REQUIRED_FIELDS = {
@@ -72,17 +72,57 @@ def schema_problems(item: dict[str, Any]) -> list[str]:
     return problems
 
 
+# `created_at`: where an item's time comes from. Outputs depend only on declared inputs (dvc.yaml
+# deps and params), so the same inputs give the same bytes whatever the commit or the clock:
+#   1. the item's own time, when its source row carries one (`prepare.sources[].created_at_field`);
+#   2. else SOURCE_DATE_EPOCH, when set (the reproducible-builds convention: whole seconds since
+#      1970-01-01 UTC; it stands in for "now", so it never overrides a time the data gives). DVC does
+#      not track environment variables: after changing it, rerun with `dvc repro -f`;
+#   3. else UNKNOWN_TIME, the Unix epoch: "no time known", the same on every run.
+# Never the wall clock, never git state (a README-only commit must not change data/prepared).
+UNKNOWN_TIME = "1970-01-01T00:00:00Z"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def build_timestamp() -> str:
-    """A reproducible `created_at`: SOURCE_DATE_EPOCH if set, else the HEAD commit time,
-    so the same commit writes byte-identical manifests."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    """The `created_at` of items whose data gives no time: SOURCE_DATE_EPOCH, else UNKNOWN_TIME
+    (see the rule above)."""
+    from spark_trainer.errors import InputDataError
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not epoch:
-        try:
-            epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], capture_output=True, text=True,
-                                   check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            epoch = ""
-    return datetime.fromtimestamp(int(epoch or 0), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return UNKNOWN_TIME
+    try:
+        return parse_timestamp(int(epoch))
+    except ValueError:
+        raise InputDataError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds since "
+                             "1970-01-01 UTC; set it to one (e.g. 1767225600) or unset it") from None
+
+
+def parse_timestamp(value: Any) -> str:
+    """A source row's own time as a `created_at` string (UTC, whole seconds). Accepts ISO 8601
+    text (no offset: taken as UTC), epoch seconds (a number, or digits in text), or a datetime
+    or date (Parquet and Hugging Face timestamp columns). Raises ValueError for anything else."""
+    try:
+        if isinstance(value, str) and value.strip().isdecimal():
+            value = int(value.strip())
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError("epoch seconds must not be negative")
+            return _format(datetime.fromtimestamp(float(value), tz=UTC))
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.strip())
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, datetime):
+            return _format(value if value.tzinfo else value.replace(tzinfo=UTC))
+    except (ValueError, OverflowError, OSError) as e:
+        raise ValueError(f"{value!r} is not a time ({e}); expected ISO 8601 or epoch seconds") from None
+    raise ValueError(f"{value!r} ({type(value).__name__}) is not a time; expected ISO 8601 or epoch seconds")
+
+
+def _format(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
 def read_manifest(path) -> list[dict[str, Any]]:

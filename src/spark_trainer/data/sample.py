@@ -239,12 +239,78 @@ def passages(subject: str, rng: random.Random, n: int, words: list[str], towns: 
 _FIRST = ["Mara", "Jonas", "Lena", "Omar", "Priya", "Tomas", "Ines", "Kofi", "Sara", "Ivan"]
 _LAST = ["Velt", "Okafor", "Lindqvist", "Haddad", "Moreau", "Tanaka", "Reyes", "Novak"]
 _AREA_CODES = ["212", "312", "415", "617", "646", "702", "713", "808", "917", "206"]
-_INSULTS = ["worthless idiot", "pathetic moron", "disgusting loser", "stupid fool", "brainless clown"]
-_TOXIC = [
-    "You are a {i}, {n}, and everyone in {t} hates you.",
-    "Shut up, {n}. Only a {i} would trade {g} like that.",
-    "{n} is a {i} and should be thrown out of {t}.",
-    "Nobody cares what a {i} like you thinks, {n}. Get lost.",
+# Toxic comments for the toxicity gate's ground truth, written for this file alone: NOT
+# drawn from quality/toxic_terms.tsv (the word-list scorer's vocabulary), so the word list's
+# recall on them is a measurement, not true by construction (tests/test_sample.py checks
+# that most of them contain none of its terms). Phrased as forum or market comments would
+# be; {n} a name, {t} a town, {g} a good. One category each, for reading; the label is `toxic`.
+_TOXIC_COMMENTS = [
+    ("insult", "{n}, you have the brains of a doorknob and the manners of a goat."),
+    ("insult", "Every post you make, {n}, makes this forum a little dumber."),
+    ("insult", "Who let this numbskull anywhere near the {g} stall in {t}?"),
+    ("insult", "{n} is a lying snake and a leech, and all of {t} knows it."),
+    ("insult", "Crawl back under your rock, {n}, you spineless little weasel."),
+    ("insult", "You are a waste of oxygen, {n}. Do everyone a favour and log off."),
+    ("insult", "Brain-dead take as usual. Were you dropped on your head as a baby, {n}?"),
+    ("insult", "Nobody asked for your opinion on {g}, you smug know-nothing hack."),
+    ("insult", "{n} couldn't sell {g} in {t} if their miserable life depended on it. What a failure."),
+    ("insult", "Look at this fat slob {n} lecturing the rest of {t} about {g}."),
+    ("insult", "You're an idiot, {n}, and your {g} prices prove it."),
+    ("insult", "Typical {n}: all mouth, zero brain cells, and a face only a mother could tolerate."),
+    ("threat", "Keep talking, {n}, and you'll be leaving {t} in an ambulance."),
+    ("threat", "I know where you live in {t}, {n}. Sleep with one eye open."),
+    ("threat", "Someone should put a bullet in {n} before the next market day in {t}."),
+    ("threat", "Say that again and I'll break every bone in your body, {n}."),
+    ("threat", "If I see you at the {g} stall again I will smash your teeth in, {n}."),
+    ("threat", "{n}, I'm going to burn your shop in {t} to the ground with you inside it."),
+    ("threat", "You'll regret this, {n}. I'll make sure nobody ever finds what's left of you."),
+    ("threat", "Touch my {g} again, {n}, and I'll strangle you with my bare hands."),
+    ("obscene", "Shove your {g} up your arse, {n}."),
+    ("obscene", "What the fuck is wrong with you, {n}? This {g} deal is a total shitshow."),
+    ("obscene", "{n} is a lying sack of shit and everyone in {t} knows it."),
+    ("obscene", "Piss off back to {t}, {n}, you absolute dickhead."),
+    ("obscene", "Fuck off with your overpriced {g}, {n}."),
+    ("obscene", "This is bullshit and so are you, {n}. Eat shit."),
+    ("obscene", "{n} is a total asshole who screws every customer in {t}."),
+    ("obscene", "Kiss my ass, {n}, and take your cheap {g} with you."),
+    ("identity_attack", "Immigrants like {n} are ruining {t}. Send every last one of them back."),
+    ("identity_attack", "Women have no business running the {g} trade; {n} proves it every day."),
+    ("identity_attack", "Of course {n} cheats at the scales, that whole religion is a cult of liars."),
+    ("identity_attack", "{t} was fine before those foreigners moved in and stank up the place, {n} included."),
+    ("identity_attack", "Old people like {n} should just die off and stop voting on the {g} tax."),
+    ("identity_attack", "Gay people like {n} shouldn't be allowed near the children of {t}."),
+    ("identity_attack", "People from the south are animals, and {n} is the worst of them."),
+    ("identity_attack", "Never buy {g} from {n}; those people are born thieves, every one of them."),
+]
+# Clean controls for precision: ordinary lines with words a careless filter trips on (kill,
+# shot, hell, trash, dumb, bloody...). Planted with the toxic lines and labelled `toxic: false`.
+_BORDERLINE_CLEAN = [
+    "The recipe says to beat the eggs and whip the cream before the {g} glaze goes on.",
+    "That new band from {t} absolutely killed it at the festival last night.",
+    "{n} shot some beautiful photos of the {g} stalls in {t}.",
+    "Kill the process and restart the server if the {t} ledger hangs again.",
+    "The Ugly Duckling was the first book {n} ever read alone.",
+    "{n} said the climb up to {t} was hell on the knees but worth every step.",
+    "Don't be fooled by the cheap {g}; the good stuff in {t} costs more.",
+    "Trash collection in {t} now runs on Tuesdays, so put the bins out early.",
+    "Our team got destroyed in the final, but {n} played brilliantly.",
+    "{n} hates waiting in line and buys {g} before the market opens.",
+    "The special at the inn in {t} is a bloody mary with extra pepper.",
+    "That joke was so dumb it made {n} laugh for ten minutes straight.",
+    "The butcher in {t} sells {g} and freshly killed chickens.",
+    "Scunthorpe and Penistone are real towns; {n} has visited both.",
+    "Hit the reset button twice and the {g} scale will recalibrate.",
+    "We need to attack the backlog before the {t} market opens, {n}.",
+    "{n} is dying to try the new {g} bakery in {t}.",
+    "The sermon in {t} was about sin, hell and forgiveness.",
+    "Breast cancer screening is free at the {t} clinic this month.",
+    "Shut the gate behind you or the goats will wander into the {g} field.",
+    "The witch in the children's play in {t} was scary, but the kids loved her.",
+    "Gun safety classes start in {t} next week, and {n} is teaching them.",
+    "{n} is a killer negotiator and got the {g} at half price.",
+    "The old cock in {n}'s yard crows at dawn, long before the {t} bells.",
+    "Stupidly, I left the {g} out in the rain, {n} told the clerk in {t}.",
+    "The documentary about the war crimes trial in {t} was hard to watch.",
 ]
 
 
@@ -312,7 +378,7 @@ def _exact_duplicate(text: str, rng: random.Random) -> str:
 @dataclass(frozen=True)
 class SampleData:
     corpus: list[dict]            # {"id", "subject", "text"}
-    labels: list[dict]            # planted items only; an id absent here is clean
+    labels: list[dict]            # planted items only (clean controls: `toxic: false`); an id absent here is clean
     mmlu: dict[str, dict[str, list[list[str]]]]  # subject -> {"dev": rows, "test": rows}
 
 
@@ -413,11 +479,36 @@ def _plant(docs: list[Document], rng: random.Random, planted: dict[str, int], to
         text, labels = _unique(taken, functools.partial(_pii_line, kind, rng, towns))
         out.append(Document("world_facts", text, "planted", labels))
     subjects = sorted({d.subject for d in docs})
-    for i in range(planted["toxic"]):
-        template = _TOXIC[i % len(_TOXIC)]
-        text, labels = _unique(taken, functools.partial(_toxic_line, template, rng, towns))
-        out.append(Document(rng.choice(subjects), text, "planted", labels))
+    # Each cycle through a list visits every entry once, in an order drawn from the seed.
+    toxic = _cycled(rng, _TOXIC_COMMENTS, planted["toxic"])
+    clean = _cycled(rng, _BORDERLINE_CLEAN, planted["toxic"])  # as many clean controls as toxic lines
+    for (category, template), clean_template in zip(toxic, clean, strict=True):
+        text = _unique_comment(taken, template, rng, towns)
+        out.append(Document(rng.choice(subjects), text, "planted",
+                            {"problems": ["toxic"], "toxic": True, "category": category}))
+        text = _unique_comment(taken, clean_template, rng, towns)
+        out.append(Document(rng.choice(subjects), text, "planted", {"problems": [], "toxic": False,
+                                                                    "borderline": True}))
     return out
+
+
+def _unique_comment(taken: set[str], template: str, rng: random.Random, towns: list[Town]) -> str:
+    """A comment from the template that duplicates no other document (names and towns vary)."""
+    for _ in range(200):
+        town, person = rng.choice(towns), rng.choice(_FIRST)
+        text = template.format(n=person, t=town.name, g=town.good)
+        if _normalised(text) not in taken:
+            taken.add(_normalised(text))
+            return text
+    raise ValueError(f"too few distinct comments for '{template}'; lower sample.planted.toxic or raise "
+                     "sample.world_towns")
+
+
+def _cycled(rng: random.Random, entries: list, n: int) -> list:
+    out: list = []
+    while len(out) < n:
+        out += rng.sample(entries, len(entries))
+    return out[:n]
 
 
 def _unique(taken: set[str], draw: Callable[[], tuple[str, dict]]) -> tuple[str, dict]:
@@ -437,12 +528,6 @@ def _pii_line(kind: str, rng: random.Random, towns: list[Town]) -> tuple[str, di
     start = text.index(value)
     return text, {"problems": ["pii"], "pii": [{"type": kind, "start": start, "end": start + len(value),
                                                  "value": value}]}
-
-
-def _toxic_line(template: str, rng: random.Random, towns: list[Town]) -> tuple[str, dict]:
-    town, person = rng.choice(towns), rng.choice(_FIRST)
-    text = template.format(i=rng.choice(_INSULTS), n=person, t=town.name, g=town.good)
-    return text, {"problems": ["toxic"], "toxic": True}
 
 
 def _mmlu_rows(questions: list[Question], rng: random.Random) -> list[list[str]]:

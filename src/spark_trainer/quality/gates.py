@@ -164,6 +164,11 @@ def _toxicity(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, d
     return verdicts, {"backend": scorer.backend, "backend_note": scorer.note, "categories": dict(categories)}
 
 
+def backends(outcome: GatesOutcome) -> dict[str, str]:
+    """The backend each gate that has one actually ran (for ground_truth.evaluate)."""
+    return {name: r.details["backend"] for name, r in outcome.reports.items() if "backend" in r.details}
+
+
 GATES = {
     "screen": _screen,
     "exact_dedup": _exact,

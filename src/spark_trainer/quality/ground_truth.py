@@ -2,7 +2,9 @@
 
 Duplicates are scored as pairs: the gate keeps the first of two copies, whichever of
 them that is, so a planted pair counts as found when one is rejected as a duplicate of
-the other. PII is scored per entity (same type, overlapping span); toxicity per item.
+the other. PII is scored per entity (same type, overlapping span); toxicity per item,
+against every item (precision counts any clean item flagged) and apart on the planted clean
+controls (`toxic: false`, lines with borderline words), with the backend that scored them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ def _pr(true_positive: int, predicted: int, actual: int) -> dict[str, Any]:
 
 
 def evaluate(labels: list[dict[str, Any]], rejected: list[dict[str, Any]],
-             pii_detections: dict[str, list[dict]], gates_run: set[str]) -> dict[str, Any]:
+             pii_detections: dict[str, list[dict]], gates_run: set[str],
+             backends: dict[str, str] | None = None) -> dict[str, Any]:
+    """Precision/recall per gate; `backends` (gate -> backend that ran, `gates.backends`) names
+    which backend the numbers belong to."""
     out: dict[str, Any] = {}
     by_gate: dict[str, list[dict]] = {}
     for r in rejected:
@@ -53,4 +58,10 @@ def evaluate(labels: list[dict[str, Any]], rejected: list[dict[str, Any]],
         truth = {lab["id"] for lab in labels if lab.get("toxic")}
         predicted = {r["id"] for r in by_gate.get("toxicity", [])}
         out["toxicity"] = _pr(len(truth & predicted), len(predicted), len(truth))
+        controls = {lab["id"] for lab in labels if lab.get("toxic") is False}
+        if controls:
+            out["toxicity"]["clean_controls"] = {"planted": len(controls), "flagged": len(controls & predicted)}
+    for gate, backend in (backends or {}).items():
+        if gate in out:
+            out[gate]["backend"] = backend
     return out

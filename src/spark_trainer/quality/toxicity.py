@@ -1,8 +1,14 @@
-"""Toxicity scoring: Detoxify from a local checkpoint, or a transparent word list.
+"""Toxicity scoring: Detoxify from a local checkpoint, or an offline fallback.
 
 Detoxify normally downloads its checkpoint; here it loads one from the path params name
-(under models/external/detoxify/, a dvc.yaml dep), never from a cache dvc.yaml does not see. When none loads, the configured fallback runs and the
-backend that actually scored the data is recorded (`detoxify` or `wordlist`), with why.
+(under models/external/detoxify/, a dvc.yaml dep), never from a cache dvc.yaml does not see.
+When none loads, the configured fallback runs and the backend that actually scored the data
+is recorded (`detoxify`, `profanity_check` or `wordlist`), with why.
+
+Offline fallbacks: `profanity_check` (alt-profanity-check, a linear classifier over word and
+character n-grams shipped inside its pinned wheel; one score, mapped to `toxicity`) and
+`wordlist` (a transparent list, toxic_terms.tsv; one 0/1 score per category).
+benchmarks/toxicity_fallback.py compares them on a held-out set and the planted sample.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ Scores = dict[str, float]
 
 @dataclass(frozen=True)
 class ToxicityScorer:
-    backend: str                                   # detoxify | wordlist
+    backend: str                                   # detoxify | profanity_check | wordlist
     note: str                                      # where the model came from, or why the fallback ran
     score: Callable[[Sequence[str]], list[Scores]]  # texts -> per-category scores in [0, 1]
 
@@ -48,6 +54,25 @@ def wordlist_scorer(note: str) -> ToxicityScorer:
         return out
 
     return ToxicityScorer("wordlist", note, score)
+
+
+def profanity_check_scorer(note: str) -> ToxicityScorer:
+    """alt-profanity-check's probability that a text is offensive, as the `toxicity` score.
+    It has one score only: the other categories are absent, so their thresholds never fire."""
+    # Importing the package loads its model and vectorizer with joblib (pickle) from its own
+    # installed package files: the package's own shipped code, pinned in constraints.txt, not
+    # data or a checkpoint from users (nothing user-supplied is unpickled here).
+    from profanity_check import predict_prob
+
+    def score(texts: Sequence[str]) -> list[Scores]:
+        if not texts:
+            return []
+        return [{"toxicity": float(p)} for p in predict_prob(list(texts))]
+
+    return ToxicityScorer("profanity_check", note, score)
+
+
+OFFLINE = {"wordlist": wordlist_scorer, "profanity_check": profanity_check_scorer}
 
 
 def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: str,
@@ -75,8 +100,8 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
 def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_config_path: str,
                  fallback: str, batch_size: int) -> ToxicityScorer:
     """The scorer params ask for, or the fallback with the reason; never silently."""
-    if backend == "wordlist":
-        return wordlist_scorer("configured backend")
+    if backend in OFFLINE:
+        return OFFLINE[backend]("configured backend")
     found = Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     problem = (f"no Detoxify checkpoint at '{checkpoint}'" if checkpoint else
                "no Detoxify checkpoint configured (quality_gates.toxicity.checkpoint is empty)")
@@ -87,9 +112,11 @@ def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_con
             problem = str(e)
     if fallback == "error":
         raise ModelSourceError(f"{problem}; set quality_gates.toxicity.checkpoint to a Detoxify .ckpt, "
-                               "or fallback: wordlist")
-    log.warning("toxicity: %s; scoring with the word list instead (fallback: wordlist)", problem)
-    return wordlist_scorer(f"fallback: {problem}")
+                               "or fallback: profanity_check | wordlist")
+    if fallback not in OFFLINE:
+        raise ValueError(f"unknown toxicity fallback '{fallback}' (profanity_check | wordlist | error)")
+    log.warning("toxicity: %s; scoring with %s instead (fallback: %s)", problem, fallback, fallback)
+    return OFFLINE[fallback](f"fallback: {problem}")
 
 
 def flagged(scores: Scores, thresholds: dict[str, float]) -> dict[str, float]:
