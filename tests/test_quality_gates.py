@@ -45,7 +45,7 @@ def test_near_duplicates_found_within_and_across_splits():
     splits = {"train": [item("a", PASSAGE)], "val": [item("b", edited)], "test": [item("c", "Zorath trades salt.")]}
     found = dedup.near_duplicates(splits, 3, 128, 0.65, 15)
     assert found["b"]["duplicate_of"] == "a" and found["b"]["reason"] == "contamination"
-    assert found["b"]["jaccard"] > 0.65 and "c" not in found
+    assert found["b"]["jaccard"] >= 0.85 and "c" not in found  # one inserted word: 3-gram Jaccard ~0.86
     same_split = dedup.near_duplicates({"train": [item("a", PASSAGE), item("b", edited)]}, 3, 128, 0.65, 15)
     assert same_split["b"]["reason"] == "duplicate"
 
@@ -61,7 +61,7 @@ def test_semantic_duplicates_with_the_packaged_minilm_encoder():
     splits = {"train": [item("a", "The cat sat on the mat in the sun."), item("b", "Copper is traded in Zorath.")],
               "val": [item("c", "A cat was sitting on the mat in the sunshine.")]}
     found = dedup.semantic_duplicates(splits, 0.8, 8)
-    assert set(found) == {"c"} and found["c"]["duplicate_of"] == "a" and found["c"]["cosine"] >= 0.8
+    assert set(found) == {"c"} and found["c"]["duplicate_of"] == "a" and found["c"]["cosine"] >= 0.88
 
 
 # ------------------------------------------------------------------ PII
