@@ -127,6 +127,44 @@ def test_each_supported_method_saves_reloads_and_stays_close(base, tmp_path, met
     assert agreement["token_agreement"] >= 5 / 6
 
 
+def test_dynamic_int8_is_stored_without_pickle_and_reloads_exactly(base, tmp_path):
+    """Packed int8 weights go to safetensors unpacked (int8 values, scale, zero point), so
+    loading the folder runs no code; the reloaded model computes the same logits."""
+    path, tok, blocks = base
+    model = quantize.quantize(path, "dynamic_int8")
+    quantize.save_quantized(model, "dynamic_int8", tok, tmp_path / "q")
+    names = {p.name for p in (tmp_path / "q").iterdir()}
+    assert quantize.DYNAMIC_WEIGHTS in names and not {n for n in names if n.endswith((".pt", ".bin", ".pkl"))}
+    reloaded = quantize.load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(model(blocks[:2]).logits, reloaded(blocks[:2]).logits)
+
+
+def test_a_dynamic_int8_file_that_does_not_fit_is_refused(base, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, tok, _ = base
+    quantize.save_quantized(quantize.quantize(path, "dynamic_int8"), "dynamic_int8", tok, tmp_path / "q")
+    tensors = load_file(str(tmp_path / "q" / quantize.DYNAMIC_WEIGHTS))
+    tensors.pop(next(k for k in tensors if k.endswith("norm.weight")))
+    save_file(tensors, str(tmp_path / "q" / quantize.DYNAMIC_WEIGHTS))
+    with pytest.raises(ModelSourceError, match="do not fit the model: missing"):
+        quantize.load_quantized(tmp_path / "q")
+
+
+def test_no_project_code_unpickles():
+    """Nothing loaded from data, a bundle or a checkpoint may run code."""
+    from tests.conftest import REPO
+
+    for folder in ("src", "stages", "scripts", "benchmarks"):
+        for file in (REPO / folder).rglob("*.py"):
+            text = file.read_text(encoding="utf-8")
+            for pattern in ("weights_only=False", "pickle.load", "joblib.load", "torch.load("):
+                if pattern == "torch.load(" and "weights_only=True" in text:
+                    continue
+                assert pattern not in text, f"{file.relative_to(REPO)} uses {pattern}"
+
+
 def test_nf4_file_is_much_smaller_than_fp32(base, tmp_path):
     if "bnb_nf4" not in quantize.supported_methods():
         pytest.skip("bitsandbytes NF4 cannot run here")

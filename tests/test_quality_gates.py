@@ -233,6 +233,18 @@ def test_missing_checkpoint_falls_back_to_the_wordlist_and_says_so(tmp_path):
         toxicity.build_scorer("detoxify", "original", str(tmp_path / "none.ckpt"), "", "error", 8)
 
 
+def test_a_checkpoint_that_would_run_code_is_refused_before_loading(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"config": {}, "state_dict": {}, "x": Payload()}, evil)
+    scorer = toxicity.build_scorer("detoxify", "original", str(evil), str(tmp_path), "wordlist", 8)
+    assert scorer.backend == "wordlist" and "could run code" in scorer.note
+    assert not (tmp_path / "ran").exists()
+
+
 def test_broken_checkpoint_is_reported_not_used(tmp_path):
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {}}, bad)

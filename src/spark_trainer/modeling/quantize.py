@@ -3,8 +3,9 @@
     python stages/quantize.py models/lora/arithmetic/merged data/clean models/quantized metrics/quantize.json
 
 Methods: bitsandbytes NF4 (4-bit) and int8, saved in the Hugging Face layout with their
-quantization config; torch dynamic int8 (CPU only), saved as a state dict beside the
-config because safetensors cannot hold its packed weights. `load_quantized` reads the
+quantization config; torch dynamic int8 (CPU only), whose packed weights safetensors cannot
+hold, saved unpacked (int8 values, scale, zero point) in safetensors beside the config and
+repacked on load: nothing a stage loads is a pickle. `load_quantized` reads the
 method from `quantization.json` and rebuilds either kind, so evaluation stages call it
 without knowing which one they got.
 """
@@ -18,7 +19,7 @@ from spark_trainer.errors import ModelSourceError
 
 METHODS = ("bnb_nf4", "bnb_int8", "dynamic_int8")
 MARKER = "quantization.json"
-DYNAMIC_WEIGHTS = "dynamic_int8_state_dict.pt"
+DYNAMIC_WEIGHTS = "dynamic_int8.safetensors"
 
 
 def _bnb_config(method: str):
@@ -92,13 +93,70 @@ def save_quantized(model, method: str, tokenizer, out_dir: Path) -> None:
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    description: dict = {"method": method}
     if method == "dynamic_int8":
+        from safetensors.torch import save_file
+
         model.config.save_pretrained(out_dir)
-        torch.save(model.state_dict(), out_dir / DYNAMIC_WEIGHTS)
+        tensors, description["quantized_linear"] = _unpack_dynamic(model)
+        save_file(tensors, str(out_dir / DYNAMIC_WEIGHTS))
     else:
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / MARKER).write_text(json.dumps({"method": method}, indent=2) + "\n")
+    (out_dir / MARKER).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def _dynamic_linears(model) -> dict:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def _unpack_dynamic(model) -> tuple[dict, list[str]]:
+    """Plain tensors for safetensors: each dynamic Linear as int8 values + scale + zero point
+    (+ bias), and every other tensor of the state dict as it is."""
+    import torch
+
+    linears = _dynamic_linears(model)
+    tensors = {}
+    for name, module in linears.items():
+        weight, bias = module.weight(), module.bias()
+        if weight.qscheme() != torch.per_tensor_affine:
+            raise ModelSourceError(f"{name}: only per-tensor int8 weights can be saved (got {weight.qscheme()})")
+        tensors[f"{name}.weight_int8"] = weight.int_repr().contiguous()
+        tensors[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
+        tensors[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+        if bias is not None:
+            tensors[f"{name}.bias"] = bias.detach().contiguous()
+    for key, value in model.state_dict().items():
+        owner = key.rsplit(".", 2 if "._packed_params." in key else 1)[0]
+        if isinstance(value, torch.Tensor) and owner not in linears:
+            tensors[key] = value.detach().clone().contiguous()  # clone: tied weights share storage
+    return tensors, sorted(linears)
+
+
+def _repack_dynamic(model, tensors: dict, names: list[str]) -> None:
+    import torch
+
+    linears = _dynamic_linears(model)
+    if sorted(linears) != names:
+        raise ModelSourceError("the saved dynamic int8 model does not match its config's architecture")
+    for name, module in linears.items():
+        weight = torch._make_per_tensor_quantized_tensor(tensors.pop(f"{name}.weight_int8"),
+                                                         float(tensors.pop(f"{name}.weight_scale")),
+                                                         int(tensors.pop(f"{name}.weight_zero_point")))
+        module.set_weight_bias(weight, tensors.pop(f"{name}.bias", None))
+    # The rest (embeddings, norms) in place; a dynamic Linear's own state dict loader
+    # would expect its packed form, so load_state_dict is not used.
+    expected = {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
+                and k.rsplit(".", 2 if "._packed_params." in k else 1)[0] not in linears}
+    if set(tensors) != expected:
+        raise ModelSourceError(f"dynamic int8 weights do not fit the model: missing {sorted(expected - set(tensors))[:5]}, "
+                               f"unexpected {sorted(set(tensors) - expected)[:5]}")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            owner, attr = key.rsplit(".", 1)
+            getattr(model.get_submodule(owner), attr).copy_(value)
 
 
 def load_quantized(path: str | Path):
@@ -110,12 +168,13 @@ def load_quantized(path: str | Path):
     if not (path / MARKER).is_file():
         raise ModelSourceError(f"'{path}' holds no quantized model ({MARKER} missing); it is produced by the "
                                "'quantize' stage: run `dvc repro quantize`")
-    method = json.loads((path / MARKER).read_text())["method"]
-    if method == "dynamic_int8":
+    description = json.loads((path / MARKER).read_text())
+    if description["method"] == "dynamic_int8":
+        from safetensors.torch import load_file
+
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).eval()
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        # Our own file: packed int8 weights are not plain tensors, so weights_only loading cannot read them.
-        model.load_state_dict(torch.load(path / DYNAMIC_WEIGHTS, weights_only=False))
+        _repack_dynamic(model, load_file(str(path / DYNAMIC_WEIGHTS)), description["quantized_linear"])
         return model
     return AutoModelForCausalLM.from_pretrained(path, device_map=_device_map())
 

@@ -23,6 +23,8 @@ from spark_trainer.errors import BundleError
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
 _CHUNK = 1 << 20
+# Formats whose loading can run code: a bundle holds none of them (weights are safetensors).
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib")
 
 
 def sha256_file(path: Path) -> str:
@@ -46,6 +48,36 @@ def write_manifest(root: Path, name: str, signed: bool) -> str:
     data = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
     (root / MANIFEST).write_bytes(data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def unsafe_files(root: Path) -> list[str]:
+    """Problems with what the bundle holds, whatever the manifest says: symlinks (which
+    would be followed out of the bundle) and pickle-format files (loading one runs code)."""
+    problems = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            problems.append(f"{rel}: a symlink; a bundle holds regular files only")
+        elif path.is_file() and (path.suffix.lower() in PICKLE_SUFFIXES or _looks_pickled(path)):
+            problems.append(f"{rel}: a pickle-format file; loading it could run code (weights go in safetensors)")
+    return problems
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A pickle stream (protocol 2+) or a zip holding one (torch.save's format), by content."""
+    import zipfile
+
+    with path.open("rb") as f:
+        head = f.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(".pkl") for n in z.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
 
 
 def bundle_digest(root: Path) -> str:
@@ -147,8 +179,9 @@ class Verification:
 def verify_bundle(root: str | Path, trusted_keys: list[str] | None = None) -> Verification:
     """Check every digest and the signature; each problem names the file at fault.
 
-    `trusted_keys` (base64 raw Ed25519 keys): when given, the signer must be one of them;
-    without it the signature proves only that the files match what the signer signed.
+    `trusted_keys` (base64 raw Ed25519 keys): when given, the bundle must be signed by one
+    of them; without it the signature proves only that the files match what the signer signed.
+    Symlinks and pickle-format files are refused whatever the manifest lists.
     """
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -166,6 +199,10 @@ def verify_bundle(root: str | Path, trusted_keys: list[str] | None = None) -> Ve
         raise BundleError(f"{root / MANIFEST} is not a valid manifest ({e}): rebuild the bundle") from e
 
     result = Verification(digest=bundle_digest(root), signed=manifest.get("signing") == "ed25519")
+    result.problems += unsafe_files(root)
+    if trusted_keys and not result.signed:
+        result.problems.append(f"{MANIFEST}: the bundle is unsigned, but trusted keys are configured: "
+                               "only a bundle signed by one of them is accepted")
     present = set(bundle_files(root))
     for rel in sorted(listed):
         if rel not in present:

@@ -77,8 +77,19 @@ OFFLINE = {"wordlist": wordlist_scorer, "profanity_check": profanity_check_score
 
 def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: str,
                     batch_size: int) -> ToxicityScorer:
+    import pickle
+
+    import torch
     from detoxify import Detoxify
 
+    # Detoxify unpickles its checkpoint with weights_only=False. The restricted unpickler
+    # first: a file that passes it holds only tensors and plain data, so the full load
+    # that follows cannot run code.
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': it holds more than tensors and plain "
+                               f"data, so loading it could run code ({str(e).splitlines()[0]})") from e
     try:
         model = Detoxify(model_type=model_type, checkpoint=str(checkpoint), device="cpu",
                          huggingface_config_path=huggingface_config_path or None)
