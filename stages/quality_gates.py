@@ -48,8 +48,8 @@ def main() -> None:
 
     provenance = {"input manifests (sha256)": ", ".join(f"{k} {v[7:19]}" for k, v in inputs.items()),
                   "stages": "sample -> prepare -> quality_gates (dvc.lock has the exact hashes)",
-                  "sources": ", ".join(sorted({it["lineage"]["source"] for it in clean})),
-                  "git commit": tracking.git_tags()[tracking.TAG_GIT_COMMIT]}
+                  "sources": ", ".join(sorted({it["lineage"]["source"] for it in clean}))}
+    # No git commit in the card: data/clean depends only on declared inputs, whatever the commit.
     card_text = card.render(p.card, outcome.splits, metrics, provenance, limitations(outcome, p))
 
     with atomic_path(args.out_dir) as tmp:

@@ -119,9 +119,13 @@ def test_second_repro_does_nothing(repo):
     assert "Data and pipelines are up to date" in "".join(_run(["dvc", "repro"], root, env))
 
 
-def test_forced_rerun_gives_byte_identical_metrics(repo):
+def test_forced_rerun_on_a_new_commit_gives_byte_identical_metrics(repo):
+    """Outputs depend only on declared inputs: an unrelated commit (the README) changes no
+    metric, the package digest included (no git state in data, manifests or bundles)."""
     root, env, _ = repo
     before = {s: (root / m).read_bytes() for s, m in METRICS.items()}
+    (root / "README.md").write_text((root / "README.md").read_text() + "\nAn unrelated line.\n")
+    _run(["git", "commit", "-qm", "unrelated", "README.md"], root, env)
     _run(["dvc", "repro", "--force"], root, env)
     assert {s: (root / m).read_bytes() for s, m in METRICS.items()} == before
 

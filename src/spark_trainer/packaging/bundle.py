@@ -6,7 +6,7 @@ evaluation summaries, lineage, and a signed manifest.
       model.onnx                input_ids -> logits, when package.onnx is true
       README.md                 Hugging Face model card with YAML metadata
       evaluation/<name>.json    copies of the evaluate stages' metrics
-      lineage.json              git commit, dvc.lock hashes of upstream stages, params hash
+      lineage.json              dvc.lock hashes of upstream stages, params hash, data hash
       MANIFEST.json             sha256 of every file above; its own sha256 is the bundle digest
       MANIFEST.sig              Ed25519 signature of MANIFEST.json (absent: unsigned)
 """
@@ -86,15 +86,14 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
 
 
 def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dict[str, Any]:
-    """Where the bundle came from: git commit, the dvc.lock entries of every stage
-    upstream of `stage`, a hash of params.yaml, and the DVC hash of the dataset."""
-    from spark_trainer.tracking import TAG_GIT_COMMIT, git_tags
+    """Where the bundle came from: the dvc.lock entries of every stage upstream of
+    `stage`, a hash of params.yaml, and the DVC hash of the dataset.
 
-    # No "dirty" flag: a pipeline run itself modifies dvc.lock and metrics/, so the flag
-    # would change the bundle digest between two runs of the same commit.
+    No git commit or dirty flag: the bundle depends only on declared inputs, so the same
+    deps give the same digest on any commit (the code is in the stages' dvc.lock deps;
+    the register run's MLflow tags name the commit)."""
     params = read_yaml(params_path)
     out: dict[str, Any] = {
-        "git_commit": git_tags().get(TAG_GIT_COMMIT, "unknown"),
         "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
         "stages": {}, "data": {"path": data_path, "md5": None},
     }

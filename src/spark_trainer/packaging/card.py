@@ -50,8 +50,8 @@ def render(p: PackageParams, evaluations: dict[str, Any], lineage: dict[str, Any
     parts = [
         "---", data.to_yaml(), "---", "",
         f"# {p.name}", "",
-        (f"Built by the SparkTrainer pipeline from `{p.model}` (base model: `{p.base_model}`), "
-         f"git commit `{lineage['git_commit']}`. `lineage.json` lists the DVC hashes of every upstream stage; "
+        (f"Built by the SparkTrainer pipeline from `{p.model}` (base model: `{p.base_model}`). "
+         "`lineage.json` lists the DVC hashes of every upstream stage (code, data and models); "
          "`MANIFEST.json` lists the sha256 of every file and `MANIFEST.sig` signs it "
          "(`python scripts/verify_bundle.py <bundle>` checks both)."), "",
         "## Intended use", "", p.intended_use, "",

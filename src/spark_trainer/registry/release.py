@@ -25,7 +25,6 @@ def version_tags(bundle: Path) -> dict[str, str]:
     """Lineage and headline metrics as MLflow tags (strings, flat keys)."""
     tags: dict[str, str] = {}
     lineage = json.loads((bundle / "lineage.json").read_text(encoding="utf-8"))
-    tags["lineage.git_commit"] = str(lineage.get("git_commit"))
     tags["lineage.params_sha256"] = str(lineage.get("params_sha256"))
     tags["lineage.data_md5"] = str((lineage.get("data") or {}).get("md5"))
     for path in sorted((bundle / "evaluation").glob("*.json")):
