@@ -167,3 +167,17 @@ def test_experiment_with_a_changed_param(repo):
     assert (change["old"], change["new"]) == (0.003, 0.002)
     metrics_diff, _ = _run(["dvc", "metrics", "diff", "--json"], root, env)
     assert "metrics/train.json" in json.loads(metrics_diff)
+
+
+def test_a_workspace_without_its_registry_registers_again(repo):
+    """The registry lives in the MLflow store, outside DVC: a workspace that lacks it (a fresh
+    clone, a deleted mlflow.db) reruns register instead of running the canary on nothing."""
+    root, env, _ = repo
+    (root / "mlflow.db").unlink()
+    (root / "registry/registered.json").unlink()
+    status, _ = _run(["dvc", "status", "register"], root, env)
+    assert "registry/registered.json" in status
+    out, err = _run(["dvc", "repro"], root, env)
+    assert "Running stage 'register'" in out and "Running stage 'canary_promote'" in out, out + err
+    assert json.loads((root / "metrics/register.json").read_text())["version"] == 1
+    assert json.loads((root / "metrics/canary_promote.json").read_text())["status"] == "promoted"

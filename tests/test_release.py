@@ -64,7 +64,7 @@ def release_params(assets, **overrides) -> dict:
 
 def stage(project, name, *args, env=None):
     cmd = {"package": ["dist/" + NAME, "metrics/package.json"],
-           "register": ["dist/" + NAME, "metrics/register.json"],
+           "register": ["dist/" + NAME, "metrics/register.json", "registry/registered.json"],
            "canary_promote": ["metrics/register.json", "metrics/canary_promote.json", "reports/canary.md",
                               "reports/canary_evidently.html", "registry/promotions.jsonl"]}[name]
     if name == "package":
