@@ -82,7 +82,7 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
     import torch
     from detoxify import Detoxify
 
-    # Detoxify unpickles its checkpoint with weights_only=False. The restricted unpickler
+    # Detoxify unpickles its checkpoint with the full unpickler. The restricted one runs
     # first: a file that passes it holds only tensors and plain data, so the full load
     # that follows cannot run code.
     try:
