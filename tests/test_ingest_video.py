@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from spark_trainer.data.manifest import schema_problems
-from spark_trainer.errors import ParamsError
+from spark_trainer.errors import ModelSourceError, ParamsError
 from spark_trainer.params import validate_section
 from spark_trainer.video import synthetic, transcription
 from spark_trainer.video.frames import read_frames
@@ -214,9 +214,9 @@ def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper
         assert 0.0 <= seg["start_s"] < seg["end_s"] and seg["text"], seg
 
 
-def test_a_missing_checkpoint_path_is_a_recorded_skip(tmp_path):
-    resolved = transcription.resolve_checkpoint("whisper", str(tmp_path / "nope.pt"))
-    assert resolved.checkpoint is None and "nope.pt" in resolved.reason
+def test_a_configured_checkpoint_that_is_missing_is_an_error(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"transcription\.checkpoint: no Whisper checkpoint at .*nope\.pt"):
+        transcription.resolve_checkpoint("whisper", str(tmp_path / "nope.pt"))
 
 
 def test_stage_writes_identical_outputs_twice(project, media):

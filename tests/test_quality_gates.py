@@ -87,10 +87,11 @@ def test_each_pattern_entity_is_redacted_with_a_typed_placeholder(pii_engine, te
     assert f"<{entity}>" in pii.redact(pii_engine, text, results)
 
 
-def test_pii_backend_says_when_the_spacy_pipeline_is_missing():
-    engine = pii.build_engine("models/external/spacy/en_core_web_xx_missing", ("US",))
-    assert engine.backend == "presidio:pattern-only"
-    assert "no spaCy pipeline at 'models/external/spacy/en_core_web_xx_missing'" in engine.note
+def test_a_configured_spacy_pipeline_that_is_missing_is_an_error():
+    with pytest.raises(ModelSourceError, match=r"quality_gates\.pii\.spacy_model: no spaCy pipeline at"):
+        pii.build_engine("models/external/spacy/en_core_web_xx_missing", ("US",))
+    engine = pii.build_engine("", ("US",))
+    assert engine.backend == "presidio:pattern-only" and "no spaCy pipeline configured" in engine.note
 
 
 def test_pii_numbers_in_plain_text_are_not_phone_numbers(pii_engine):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spark_trainer.errors import ModelSourceError
+
 log = logging.getLogger(__name__)
 
 
@@ -38,12 +40,14 @@ def build_engine(spacy_model: str, phone_regions: tuple[str, ...]) -> PiiEngine:
     tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
-    if spacy_model and (Path(spacy_model) / "meta.json").is_file():
+    if spacy_model and not (Path(spacy_model) / "meta.json").is_file():
+        # Configured but absent: an error, not a quiet fall back to fewer entities.
+        raise ModelSourceError(f"quality_gates.pii.spacy_model: no spaCy pipeline at '{spacy_model}' (no meta.json); "
+                               "save one there (nlp.to_disk) or set it to \"\" for pattern recognizers only")
+    if spacy_model:
         model_name, backend, note = spacy_model, f"presidio:spacy:{spacy_model}", "NER and pattern recognizers"
     else:
-        note = (f"no spaCy pipeline at '{spacy_model}' (no meta.json)" if spacy_model
-                else "no spaCy pipeline configured")
-        note += "; pattern recognizers only (no PERSON/LOCATION)"
+        note = "no spaCy pipeline configured; pattern recognizers only (no PERSON/LOCATION)"
         folder = Path(tempfile.mkdtemp(prefix="spacy_blank_en_"))
         spacy.blank("en").to_disk(folder)
         model_name, backend = str(folder), "presidio:pattern-only"

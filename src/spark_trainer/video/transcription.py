@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spark_trainer.errors import ModelSourceError
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -28,7 +30,9 @@ def resolve_checkpoint(backend: str, checkpoint: str) -> Resolved:
         path = Path(checkpoint).expanduser()
         if path.is_file():
             return Resolved(path, "")
-        return Resolved(None, f"no Whisper checkpoint at transcription.checkpoint ({checkpoint})")
+        # Configured but absent: an error, not a skip that looks like a choice.
+        raise ModelSourceError(f"ingest_video.transcription.checkpoint: no Whisper checkpoint at '{checkpoint}'; "
+                               "put the .pt file there, or set it to \"\" to skip transcription")
     return Resolved(None, "no Whisper checkpoint configured: set transcription.checkpoint to a Whisper .pt file "
                           "under models/external/whisper/")
 
