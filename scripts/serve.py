@@ -62,7 +62,7 @@ def load_bundles(pairs: list[str], aliases: list[str]) -> dict[str, InProcessAda
             version = model_registry.resolve_alias(uri, reg.model_name, alias)
             if version is None:
                 raise SparkTrainerError(f"'{reg.model_name}' has no alias '{alias}'")
-            models[alias] = InProcessAdapter(model_registry.fetch_verified(uri, version))
+            models[alias] = InProcessAdapter(model_registry.fetch_verified(uri, version, reg))
     if not models:
         raise SparkTrainerError("nothing to serve: pass --bundle NAME=PATH or --alias ALIAS")
     return models

@@ -14,7 +14,7 @@ from spark_trainer import tracking
 from spark_trainer.canary import adapters, analysis, promotion, report, traffic
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
-from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, load_section
+from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, RegisterParams, load_section
 from spark_trainer.quality import toxicity
 from spark_trainer.registry import model_registry
 from spark_trainer.stage import Timer, entrypoint, path_args
@@ -24,7 +24,8 @@ from spark_trainer.stage import Timer, entrypoint, path_args
 def main() -> None:
     args = path_args(__doc__, "registered", "metrics", "report", "evidently", "audit")
     p: CanaryPromoteParams = load_section("canary_promote")
-    name = load_section("register").model_name  # type: ignore[attr-defined]
+    reg: RegisterParams = load_section("register")  # type: ignore[assignment]
+    name = reg.model_name
     probes: EvaluateSafetyParams = load_section("evaluate_safety")
     t = load_section("quality_gates").toxicity  # type: ignore[attr-defined]
     uri = tracking.tracking_uri(load_section("tracking"))  # type: ignore[arg-type]
@@ -41,7 +42,7 @@ def main() -> None:
         arms = {"challenger": (p.serving.challenger, challenger)}
         if champion is not None:
             arms["champion"] = (p.serving.champion, champion)
-        served = {arm: adapters.build(ep, model_registry.fetch_verified(uri, v) if ep.adapter == "in_process" else None,
+        served = {arm: adapters.build(ep, model_registry.fetch_verified(uri, v, reg) if ep.adapter == "in_process" else None,
                                       p.serving.timeout_s) for arm, (ep, v) in arms.items()}
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
                                        t.batch_size)

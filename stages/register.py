@@ -26,7 +26,7 @@ def main() -> None:
     settings: TrackingParams = load_section("tracking")
     timer = Timer()
     with timer.phase("verify"):
-        check = release.verify_for_registry(args.bundle, p)
+        check = release.verify_release(args.bundle, p)
     if check.problems:
         raise BundleError(f"refusing to register {args.bundle}:\n  " + "\n  ".join(check.problems))
 

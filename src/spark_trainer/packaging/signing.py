@@ -142,6 +142,11 @@ def load_public_key_b64(path: Path) -> str:
     return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
+def load_trusted_keys(paths) -> list[str]:
+    """Trusted public keys (PEM file paths) in the form `Verification.signer` takes."""
+    return [load_public_key_b64(Path(k)) for k in paths]
+
+
 def sign_manifest(root: Path, private_key) -> None:
     signature = private_key.sign((root / MANIFEST).read_bytes())
     record = {"algorithm": "ed25519", "public_key": public_key_b64(private_key),

@@ -175,13 +175,14 @@ def last_audit(path: str | Path, model: str | None) -> dict[str, Any] | None:
     return records[-1] if records else None
 
 
-def fetch_verified(uri: str, version: Version) -> Path:
-    """Download a version's bundle and check it is the bundle that was registered."""
+def fetch_verified(uri: str, version: Version, p, extra_keys: tuple = ()) -> Path:
+    """Download a version's bundle and check it is the bundle that was registered, under
+    the release policy of `p` (RegisterParams: trusted keys, allow_unsigned)."""
     from spark_trainer.errors import BundleError
-    from spark_trainer.packaging import signing
+    from spark_trainer.registry import release
 
     local = download_bundle(uri, version)
-    check = signing.verify_bundle(local)
+    check = release.verify_release(local, p, tuple(extra_keys))
     expected = version.tags.get(TAG_DIGEST)
     if check.problems or (expected and check.digest != expected):
         problems = check.problems or [f"digest {check.digest} != registered {expected}"]

@@ -10,10 +10,13 @@ from spark_trainer.packaging import signing
 from spark_trainer.params import RegisterParams
 
 
-def verify_for_registry(bundle: Path, p: RegisterParams) -> signing.Verification:
-    trusted = [signing.load_public_key_b64(Path(k)) for k in p.trusted_public_keys]
+def verify_release(bundle: Path, p: RegisterParams, extra_keys: tuple[str | Path, ...] = ()) -> signing.Verification:
+    """Verify a bundle under the release policy: the trusted keys of `register` plus
+    `extra_keys` (a `--trusted-key` option). With any trusted key, a signature from one of
+    them is required; without one, an unsigned bundle passes only if register.allow_unsigned."""
+    trusted = signing.load_trusted_keys([*p.trusted_public_keys, *extra_keys])
     result = signing.verify_bundle(bundle, trusted or None)
-    if not result.signed and not p.allow_unsigned:
+    if not result.signed and not trusted and not p.allow_unsigned:
         result.problems.append(f"{signing.MANIFEST}: the bundle is unsigned; configure package.signing_key "
                                "(scripts/make_signing_key.py) or set register.allow_unsigned: true")
     if result.signed and trusted and result.signer is None:
