@@ -144,7 +144,7 @@ def prebuilt(p: QualityGatesParams) -> tuple[dict[str, object], dict[str, float]
     engine = pii.build_engine(g.spacy_model, g.phone_regions)
     mid = time.perf_counter()
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                   t.batch_size)
+                                   t.batch_size, t.checkpoint_sha256)
     end = time.perf_counter()
     return {"pii": engine, "toxicity": scorer}, {"pii_engine_build": mid - start, "toxicity_scorer_build": end - mid}
 

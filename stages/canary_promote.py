@@ -45,7 +45,7 @@ def main() -> None:
         served = {arm: adapters.build(ep, model_registry.fetch_verified(uri, v, reg) if ep.adapter == "in_process" else None,
                                       p.serving.timeout_s) for arm, (ep, v) in arms.items()}
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                       t.batch_size)
+                                       t.batch_size, t.checkpoint_sha256)
 
     def score(item, reply):
         return traffic.score(item, reply, bool(toxicity.flagged(scorer.score([reply])[0], t.thresholds)), probes)

@@ -32,7 +32,7 @@ def main() -> None:
     model = causal_lm.load_for_inference(args.model_dir, produced_by="lora")
     tok = load_pretrained(str(args.model_dir))
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                   t.batch_size)
+                                   t.batch_size, t.checkpoint_sha256)
 
     with timer.phase("toxicity"):
         outputs = safety.generate(model, tok, [r["prompt"] for r in toxic_prompts], p.max_new_tokens)

@@ -9,6 +9,7 @@ import torch
 
 from spark_trainer.data.manifest import text_item
 from spark_trainer.errors import ModelSourceError, ParamsError, ValidationFailed
+from spark_trainer.outputs import sha256_file
 from spark_trainer.params import validate_section
 from spark_trainer.quality import dedup, gates, ground_truth, pii, toxicity
 from tests.conftest import REPO, deep_merge, repo_params, venv_env
@@ -141,6 +142,15 @@ def test_profanity_check_needs_a_toxicity_threshold():
     assert validate_section("quality_gates", raw).toxicity.thresholds == {"insult": 0.5}
 
 
+def test_a_detoxify_checkpoint_needs_its_sha256_in_params():
+    ckpt = {"checkpoint": "models/external/detoxify/original.ckpt", "huggingface_config_path": "models/external/detoxify/bert"}
+    with pytest.raises(ParamsError, match="checkpoint and checkpoint_sha256 go together"):
+        params(toxicity=ckpt)
+    with pytest.raises(ParamsError, match="checkpoint_sha256"):
+        params(toxicity={**ckpt, "checkpoint_sha256": "not-a-digest"})
+    assert params(toxicity={**ckpt, "checkpoint_sha256": "ab" * 32}).toxicity.checkpoint_sha256 == "ab" * 32
+
+
 def _measured(scorer, toxic, clean):
     flags = [bool(toxicity.flagged(s, {"toxicity": 0.5})) for s in scorer.score(toxic + clean)]
     tp, fp = sum(flags[:len(toxic)]), sum(flags[len(toxic):])
@@ -218,7 +228,8 @@ def build_tiny_detoxify(root):
 
 def test_detoxify_loads_a_local_checkpoint_and_scores(tmp_path):
     checkpoint, folder = build_tiny_detoxify(tmp_path)
-    scorer = toxicity.build_scorer("detoxify", "original", str(checkpoint), str(folder), "error", 2)
+    scorer = toxicity.build_scorer("detoxify", "original", str(checkpoint), str(folder), "error", 2,
+                                   sha256_file(checkpoint))
     assert scorer.backend == "detoxify" and str(checkpoint) in scorer.note
     scores = scorer.score(["you are a idiot", "copper", "you are"])  # 3 texts, batch 2: a batch of one too
     assert len(scores) == 3
@@ -241,15 +252,36 @@ def test_a_checkpoint_that_would_run_code_is_refused_before_loading(tmp_path):
 
     evil = tmp_path / "evil.ckpt"
     torch.save({"config": {}, "state_dict": {}, "x": Payload()}, evil)
-    scorer = toxicity.build_scorer("detoxify", "original", str(evil), str(tmp_path), "wordlist", 8)
+    scorer = toxicity.build_scorer("detoxify", "original", str(evil), str(tmp_path), "wordlist", 8, sha256_file(evil))
     assert scorer.backend == "wordlist" and "could run code" in scorer.note
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_checkpoint_is_loaded_only_when_its_sha256_matches_params(tmp_path):
+    """A file that is not the one params pin is refused before anything reads it, whatever
+    the fallback: falling back would hide that the checkpoint was swapped."""
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    checkpoint, folder = build_tiny_detoxify(tmp_path)
+    pinned = sha256_file(checkpoint)
+    swapped = tmp_path / "swapped.ckpt"
+    torch.save({"config": {}, "state_dict": {}, "x": Payload()}, swapped)
+    for fallback in ("error", "wordlist"):
+        with pytest.raises(ModelSourceError, match="sha256 is [0-9a-f]{64}, but quality_gates.toxicity.checkpoint_sha256"):
+            toxicity.build_scorer("detoxify", "original", str(swapped), str(folder), fallback, 2, pinned)
+        with pytest.raises(ModelSourceError, match="checkpoint_sha256 is empty"):
+            toxicity.build_scorer("detoxify", "original", str(checkpoint), str(folder), fallback, 2)
+    assert not (tmp_path / "ran").exists()
+    assert toxicity.build_scorer("detoxify", "original", str(checkpoint), str(folder), "error", 2,
+                                 pinned.upper()).backend == "detoxify"
 
 
 def test_broken_checkpoint_is_reported_not_used(tmp_path):
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {}}, bad)
-    scorer = toxicity.build_scorer("detoxify", "original", str(bad), "", "wordlist", 8)
+    scorer = toxicity.build_scorer("detoxify", "original", str(bad), "", "wordlist", 8, sha256_file(bad))
     assert scorer.backend == "wordlist" and "could not load" in scorer.note
 
 

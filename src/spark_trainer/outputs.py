@@ -42,6 +42,17 @@ def dumps_stable(obj: Any) -> str:
     return json.dumps(stable_round(obj), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as hex, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,7 @@ class ToxicityParams(Section):
     backend: Literal["detoxify", "profanity_check", "wordlist"]
     model_type: Literal["original", "unbiased", "multilingual"]
     checkpoint: ExternalPath("detoxify")               # a Detoxify .ckpt file; "" = none (the fallback runs)
+    checkpoint_sha256: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64})?$")]  # the .ckpt's sha256; required with it
     huggingface_config_path: ExternalPath("detoxify")  # the encoder's config + tokenizer folder
     fallback: Literal["profanity_check", "wordlist", "error"]
     batch_size: PositiveInt
@@ -240,6 +241,9 @@ class ToxicityParams(Section):
 
     @model_validator(mode="after")
     def _config_with_checkpoint(self) -> ToxicityParams:
+        if bool(self.checkpoint) != bool(self.checkpoint_sha256):
+            raise ValueError("checkpoint and checkpoint_sha256 go together: a checkpoint is loaded only when its "
+                             "sha256 matches (`sha256sum <file>` gives it)")
         if bool(self.checkpoint) != bool(self.huggingface_config_path):
             raise ValueError("checkpoint and huggingface_config_path go together (set both, or neither): without "
                              "a local encoder config Detoxify would ask the hub")

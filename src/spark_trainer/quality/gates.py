@@ -151,7 +151,7 @@ def _pii(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]:
 def _toxicity(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]:
     t = p.toxicity
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                   t.batch_size)
+                                   t.batch_size, t.checkpoint_sha256)
     ordered = [item for _, item in dedup.in_priority_order(outcome.splits)]
     verdicts: Verdicts = {}
     categories: Counter = Counter()

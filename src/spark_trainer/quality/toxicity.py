@@ -1,7 +1,9 @@
 """Toxicity scoring: Detoxify from a local checkpoint, or an offline fallback.
 
 Detoxify normally downloads its checkpoint; here it loads one from the path params name
-(under models/external/detoxify/, a dvc.yaml dep), never from a cache dvc.yaml does not see.
+(under models/external/detoxify/, a dvc.yaml dep), never from a cache dvc.yaml does not see,
+and only once its sha256 matches `checkpoint_sha256` in params (a mismatch is an error,
+never a reason to fall back: the file is not the one the params were written for).
 When none loads, the configured fallback runs and the backend that actually scored the data
 is recorded (`detoxify`, `profanity_check` or `wordlist`), with why.
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spark_trainer.errors import ModelSourceError
+from spark_trainer.outputs import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +111,27 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
     return ToxicityScorer("detoxify", f"checkpoint {checkpoint}", score)
 
 
+def check_checkpoint_digest(checkpoint: Path, expected: str) -> None:
+    """Refuse a checkpoint whose sha256 is not the one params pin, before anything reads it."""
+    if not expected:
+        raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': quality_gates.toxicity.checkpoint_sha256 "
+                               f"is empty; set it to the file's sha256 (`sha256sum {checkpoint}`)")
+    actual = sha256_file(checkpoint)
+    if actual != expected.lower():
+        raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': its sha256 is {actual}, but "
+                               f"quality_gates.toxicity.checkpoint_sha256 is {expected}; the file changed, or the "
+                               "param names another file")
+
+
 def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_config_path: str,
-                 fallback: str, batch_size: int) -> ToxicityScorer:
-    """The scorer params ask for, or the fallback with the reason; never silently."""
+                 fallback: str, batch_size: int, checkpoint_sha256: str = "") -> ToxicityScorer:
+    """The scorer params ask for, or the fallback with the reason; never silently. A
+    checkpoint that exists is loaded only if its sha256 is `checkpoint_sha256`."""
     if backend in OFFLINE:
         return OFFLINE[backend]("configured backend")
     found = Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+    if found is not None:
+        check_checkpoint_digest(found, checkpoint_sha256)
     problem = (f"no Detoxify checkpoint at '{checkpoint}'" if checkpoint else
                "no Detoxify checkpoint configured (quality_gates.toxicity.checkpoint is empty)")
     if found is not None:
