@@ -1,10 +1,11 @@
-"""Create an Ed25519 key pair for signing bundles.
+"""Create an ECDSA P-256 key pair for signing bundles in the OpenSSF model-signing format.
 
     python scripts/make_signing_key.py keys/signing.pem keys/signing.pub
     export SPARK_TRAINER_SIGNING_KEY=keys/signing.pem   # package.signing_key: env:SPARK_TRAINER_SIGNING_KEY
 
-Keep the private key out of git (keys/ is git-ignored); give the public key to
-register.trusted_public_keys.
+The private key file is created with mode 600. Keep it out of git (keys/ is git-ignored);
+give the public key to register.trusted_public_keys and to whoever checks bundles
+(`model_signing verify key ... --public_key keys/signing.pub`).
 """
 
 import argparse

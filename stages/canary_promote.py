@@ -63,6 +63,7 @@ def main() -> None:
     stable_steps, latency = analysis.split_volatile(steps)
     metrics = {"model": name, "challenger_version": int(challenger.version), "mode": p.mode,
                "champion_version": int(champion.version) if champion else None, "steps_planned": list(p.steps),
+               "challenger_signed": challenger.signed, "champion_signed": champion.signed if champion else None,
                "decision": decision, "status": status, "reason": reason, "steps": stable_steps,
                "toxicity_backend": scorer.backend}
     write_text_atomic(args.report, report.markdown({**metrics, "steps": steps}))

@@ -1,10 +1,12 @@
 """Bundle the candidate model: weights, tokenizer, config, model card, evaluation
-summaries, lineage and a sha256 manifest signed with Ed25519.
+summaries, lineage, a sha256 manifest, and a signature of every file in the OpenSSF
+model-signing format (model.sig, ECDSA).
 
     python stages/package.py models/lora/arithmetic/merged dist/<name> metrics/package.json
 
-Without a signing key (package.signing_key) the bundle is marked unsigned.
-`python scripts/verify_bundle.py dist/<name>` checks digests and signature.
+Without a signing key (package.signing_key) the bundle is marked unsigned: in MANIFEST.json,
+the model card and the metrics. `python scripts/verify_bundle.py dist/<name> --trusted-key
+keys/signing.pub` checks digests and signature (or `model_signing verify key`).
 """
 
 from spark_trainer import tracking

@@ -3,7 +3,7 @@
     python stages/prepare.py data/prepared metrics/prepare.json
 
 Writes `train.jsonl`, `val.jsonl`, `test.jsonl` (manifest items, stratified by
-subject) and `quarantine.jsonl` (rows set aside with their reason, when
+subject) and `quarantine.jsonl` (rows set aside with their reason code and detail, when
 `on_bad_record: quarantine`). Counts in = out + quarantined, per source.
 
 Items' `created_at` comes from the data (a source's `created_at_field`), else
@@ -31,8 +31,8 @@ def main() -> None:
     created_at = build_timestamp()  # checks SOURCE_DATE_EPOCH before any work
     timer = Timer()
     with timer.phase("read"):
-        collected = prepare.collect(p.sources, p.on_bad_record, created_at,
-                                    allowed_subjects=p.allowed_subjects, default_subject=p.default_subject)
+        collected = prepare.collect(p.sources, p.on_bad_record, created_at, allowed_subjects=p.allowed_subjects,
+                                    default_subject=p.default_subject, max_chars=p.max_chars)
     if not collected.items:
         raise InputDataError("no usable records in prepare.sources; check the paths and field names")
 
@@ -60,7 +60,7 @@ def main() -> None:
         "rows_in_per_source": dict(collected.rows_in),
         "items_out": len(collected.items),
         "quarantined": len(collected.quarantined),
-        "quarantine_reasons": dict(sorted(Counter(_category(q["reason"]) for q in collected.quarantined).items())),
+        "quarantine_reasons": dict(sorted(Counter(q["reason"] for q in collected.quarantined).items())),  # codes
         "counts_balance": rows_in == len(collected.items) + len(collected.quarantined) and all(
             s["rows_in"] == s["items_out"] + s["quarantined"] for s in per_source.values()),
         "per_source": per_source,
@@ -75,11 +75,6 @@ def main() -> None:
     write_metrics(args.metrics, metrics)
     write_timings(args.metrics, timer.total())
     tracking.mirror_stage("prepare", p, args.metrics)
-
-
-def _category(reason: str) -> str:
-    """A quarantine reason without its particulars: `malformed JSON: ...` -> `malformed JSON`."""
-    return reason.split(":")[0].split(" (")[0]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Verify the bundle and register it in the MLflow model registry with alias `challenger`.
 
-    python stages/register.py dist/<name> metrics/register.json registry/registered.json
+    python stages/register.py dist/<name> metrics/register.json registry/registered.json \\
+        registry/promotions.jsonl
 
-A bundle whose files do not match its manifest is refused, naming each file; an unsigned
-one too unless register.allow_unsigned. The same bundle digest registered twice is one
-version. Tags on the version: bundle digest, lineage, evaluation headline numbers.
+A bundle whose files do not match its manifest or signature is refused, naming each file.
+With register.trusted_public_keys, only a bundle signed by one of them passes; without,
+register.allow_unsigned decides (see docs/stages/register.md). `signed: false` in the
+metrics and the version's tags marks an unsigned bundle. The same bundle digest registered
+twice is one version. Tags on the version: bundle digest, lineage, evaluation headline
+numbers. The alias move is written to the audit log `registry/promotions.jsonl` before it
+happens (action `register`); an alias already on the version records nothing.
 
 The registration lives in the MLflow store, which DVC does not see. `registry/registered.json`
 (git-ignored, a DVC out) says this workspace's store holds it: a fresh clone lacks the file,
@@ -21,7 +26,7 @@ from spark_trainer.stage import Timer, entrypoint, path_args
 
 @entrypoint
 def main() -> None:
-    args = path_args(__doc__, "bundle", "metrics", "marker")
+    args = path_args(__doc__, "bundle", "metrics", "marker", "audit")
     p: RegisterParams = load_section("register")
     settings: TrackingParams = load_section("tracking")
     timer = Timer()
@@ -33,9 +38,10 @@ def main() -> None:
     with timer.phase("register"):
         version, _created = model_registry.register_bundle(
             tracking.tracking_uri(settings), p.model_name, args.bundle, check.digest, check.signed,
-            release.version_tags(args.bundle), settings.experiment, p.alias)
+            release.version_tags(args.bundle), settings.experiment, p.alias, args.audit,
+            tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
     registered = {"name": p.model_name, "version": int(version.version), "digest": check.digest,
-                  "signed": check.signed, "model_uri": version.uri, "alias": p.alias}
+                  "signed": check.signed, "signer": check.signer, "model_uri": version.uri, "alias": p.alias}
     write_text_atomic(args.marker, dumps_stable(registered))
     write_metrics(args.metrics, registered)
     write_timings(args.metrics, timer.total())

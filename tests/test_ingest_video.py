@@ -3,6 +3,7 @@ Whisper (a tiny checkpoint built here), manifest schema, params errors."""
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from spark_trainer.data.manifest import schema_problems
 from spark_trainer.errors import ModelSourceError, ParamsError
+from spark_trainer.outputs import sha256_file
 from spark_trainer.params import validate_section
 from spark_trainer.video import synthetic, transcription
 from spark_trainer.video.frames import read_frames
@@ -201,7 +203,8 @@ def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper
     shutil.copy(root / synthetic.SPEECH, folder / synthetic.SPEECH)
     project, checkpoint = whisper_checkpoint
     monkeypatch.chdir(project)
-    p = _params(**{"source": str(folder), "transcription.checkpoint": str(checkpoint)})
+    p = _params(**{"source": str(folder), "transcription.checkpoint": str(checkpoint),
+                   "transcription.checkpoint_sha256": sha256_file(project / checkpoint)})
     result = ingest_folder(folder, p, None, "t", tmp_path / "out")
     transcript = result.items[0]["annotations"]["transcript"]
     assert result.metrics["transcription"]["status"] == "ok" and result.metrics["transcription"]["backend"] == "whisper"
@@ -212,6 +215,18 @@ def test_whisper_loads_a_local_checkpoint_and_gives_timestamped_segments(whisper
     assert transcript["segments"][0]["start_s"] <= 1.0
     for seg in transcript["segments"]:
         assert 0.0 <= seg["start_s"] < seg["end_s"] and seg["text"], seg
+
+
+def test_a_whisper_checkpoint_is_loaded_only_when_its_sha256_matches(whisper_checkpoint):
+    project, checkpoint = whisper_checkpoint
+    path = project / checkpoint
+    with pytest.raises(ModelSourceError, match="its sha256 is [0-9a-f]{64}, but ingest_video.transcription.checkpoint_sha256"):
+        transcription.resolve_checkpoint("whisper", str(path), "0" * 64)
+    with pytest.raises(ModelSourceError, match="transcription.checkpoint_sha256 is empty"):
+        transcription.resolve_checkpoint("whisper", str(path))
+    assert transcription.resolve_checkpoint("whisper", str(path), sha256_file(path)).checkpoint == path
+    with pytest.raises(ParamsError, match="checkpoint and checkpoint_sha256 go together"):
+        _params(**{"transcription.checkpoint": str(checkpoint)})
 
 
 def test_a_configured_checkpoint_that_is_missing_is_an_error(tmp_path):
@@ -241,6 +256,8 @@ def test_stage_writes_identical_outputs_twice(project, media):
     ({"integrity": {"min_duration_s": 5.0, "max_duration_s": 1.0}}, "min_duration_s must be below max_duration_s"),
     ({"captions": {"backend": "hf", "model": ""}}, "backend 'hf' needs model"),
     ({"ground_truth": ""}, "captions.backend 'reference' needs ground_truth"),
+    ({"extensions": {"video": [".mp4", ".ts"]}}, "video lists .ts: no allowed container format"),
+    ({"max_pixels": 0}, "ingest_video.max_pixels: Input should be greater than or equal to 1"),
 ])
 def test_params_errors_name_the_key(raw_change, message):
     from tests.conftest import deep_merge
@@ -248,3 +265,123 @@ def test_params_errors_name_the_key(raw_change, message):
     raw = deep_merge(repo_params()["ingest_video"], raw_change)
     with pytest.raises(ParamsError, match=re.escape(message)):
         validate_section("ingest_video", raw)
+
+
+REASON_CODE = re.compile(r"[a-z0-9_]+")
+
+
+def _png_claiming(width, height):
+    """A PNG whose header claims width x height, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_concat_scripts_and_playlists_named_mp4_read_nothing_outside_the_folder(media, tmp_path, monkeypatch):
+    root, _ = media
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(root / "video_00.mp4", outside / "secret.mp4")
+    folder = tmp_path / "media"
+    folder.mkdir()
+    (folder / "link.mp4").symlink_to(outside / "secret.mp4")
+    script = "ffconcat version 1.0\nfile link.mp4\nduration 3.0\n"  # on main: 9 frames of secret.mp4 kept
+    (folder / "via link.mp4").write_text(script)
+    (folder / "direct.mp4").write_text(f"ffconcat version 1.0\nfile ../outside/secret.mp4\nduration 3.0\n"
+                                       f"file '{outside}/secret.mp4'\nduration 3.0\n")
+    (folder / "playlist.mp4").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:3.0,\n../outside/secret.mp4\n"
+                                         "#EXT-X-ENDLIST\n")
+    shutil.copy(root / synthetic.SPEECH, folder / "speech as video.mp4")  # a WAV: opened as MP4 only
+    shutil.copy(root / synthetic.PHOTO, folder / "photo as png.png")  # a JPEG: opened as PNG only
+    params = _params()
+    monkeypatch.chdir(folder)  # where a relative name in a script would resolve, too
+
+    result = ingest_folder(folder, params, None, "t", tmp_path / "out")
+    items = _by_name(result)
+    assert {n: it["annotations"].get("quarantine", {}).get("reason", "ok") for n, it in items.items()} == {
+        "link.mp4": "symlink", "via link.mp4": "unreadable_container", "direct.mp4": "unreadable_container",
+        "playlist.mp4": "unreadable_container", "speech as video.mp4": "unreadable_container",
+        "photo as png.png": "unreadable_image"}
+    assert "as mp4 (the container its extension names)" in items["via link.mp4"]["annotations"]["quarantine"]["detail"]
+    assert result.frames == [] and result.metrics["frames"]["sampled"] == 0
+    assert items["via link.mp4"]["size_bytes"] == len(script)  # the script's bytes, not the video it names
+    m = result.metrics
+    assert m["files_in"] == 6 and m["quarantined"]["total"] == 6 and m["balanced"]
+
+
+def test_symlinks_and_fifos_are_quarantined_unopened_and_counted(media, tmp_path):
+    root, _ = media
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(root / "video_00.mp4", folder / "real.mp4")
+    (folder / "alias.mp4").symlink_to(folder / "real.mp4")
+    (folder / "elsewhere").symlink_to(tmp_path)  # a link to a folder is not a folder to ignore
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(folder / "pipe.mp4")  # opening it would wait for a writer forever
+    (folder / "sub").mkdir()
+
+    result = ingest_folder(folder, _params(), None, "t", tmp_path / "out")
+    items = _by_name(result)
+    links = {n: it for n, it in items.items() if n != "real.mp4"}
+    assert {n: it["annotations"]["quarantine"]["reason"] for n, it in links.items()} == {
+        "alias.mp4": "symlink", "elsewhere": "symlink", "dangling.png": "symlink", "pipe.mp4": "not_regular_file"}
+    assert items["real.mp4"]["quality_scores"]["integrity"] == "ok"
+    assert all(it["metadata"] == {"file_name": n} for n, it in links.items())  # nothing probed through a link
+    assert all(str(tmp_path) not in json.dumps(it).replace(str(folder), "") for it in links.values())
+    assert all(schema_problems(it) == [] for it in links.values())
+    m = result.metrics
+    assert (m["files_in"], m["folders_ignored"], m["ok"]["video"], m["quarantined"]["by_reason"]) == (
+        5, 1, 1, {"not_regular_file": 1, "symlink": 3})
+    assert m["balanced"] and len({f.video_id for f in result.frames}) == 1
+
+
+def test_files_over_max_pixels_are_quarantined_before_decoding(media, tmp_path):
+    root, _ = media
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(root / "video_00.mp4", folder / "clip.mp4")  # 64 x 64
+    shutil.copy(root / synthetic.PHOTO, folder / "photo.jpg")  # 64 x 64
+    result = ingest_folder(folder, _params(max_pixels=64 * 64 - 1), None, "t", tmp_path / "out")
+    items = _by_name(result)
+    for name in ("clip.mp4", "photo.jpg"):
+        quarantine = items[name]["annotations"]["quarantine"]
+        assert quarantine["reason"] == "too_many_pixels", name
+        assert "64x64 = 4096 pixels" in quarantine["detail"] and "ingest_video.max_pixels (4095)" in quarantine["detail"]
+    assert result.frames == [] and result.files == {}
+    at_cap = ingest_folder(folder, _params(max_pixels=64 * 64), None, "t", tmp_path / "out2")
+    assert at_cap.metrics["ok"] == {"video": 1, "image": 1, "audio": 0}
+
+
+def test_stage_goes_on_past_a_decompression_bomb_and_a_name_that_is_not_utf8(media, project):
+    root, _ = media
+    folder = project / "media"
+    folder.mkdir()
+    shutil.copy(root / "video_00.mp4", folder / "good.mp4")
+    (folder / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    shutil.copy(root / "video_01.mp4", os.fsdecode(os.fsencode(folder) + b"/caf\xe9 clip.mp4"))
+    params = smoke_params()
+    params["ingest_video"].update(source=str(folder), ground_truth="")
+    params["ingest_video"]["captions"]["backend"] = "none"
+    write_params(project / "params.yaml", params)
+    run = subprocess.run([sys.executable, str(REPO / "stages/ingest_video.py"), str(folder), "out", "m.json"],
+                         env={**venv_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"},
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "caf\\xe9 clip.mp4: undecodable_name" in run.stderr
+    items = {it["metadata"].get("file_name"): it for it in
+             (json.loads(line) for line in (project / "out/manifest.jsonl").read_text(encoding="utf-8").splitlines())}
+    odd = items["caf\\xe9 clip.mp4"]
+    assert odd["annotations"]["quarantine"]["reason"] == "undecodable_name"
+    assert odd["source_path"].endswith("/caf\\xe9 clip.mp4") and schema_problems(odd) == []
+    bomb = items["bomb.png"]["annotations"]["quarantine"]
+    assert bomb["reason"] == "too_many_pixels" and "decompression bomb" in bomb["detail"]
+    assert items["good.mp4"]["quality_scores"]["integrity"] == "ok"
+    m = json.loads((project / "m.json").read_text())
+    assert m["quarantined"]["by_reason"] == {"too_many_pixels": 1, "undecodable_name": 1}
+    assert m["files_in"] == 3 and m["balanced"]
+    assert all(REASON_CODE.fullmatch(reason) for reason in m["quarantined"]["by_reason"])

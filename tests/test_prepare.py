@@ -69,9 +69,11 @@ def test_quarantine_counts_in_equal_out_plus_rejected(tmp_path):
     result = collect((_source("jsonl", path),), "quarantine", "t")
     assert len(result.items) == 6 and len(result.quarantined) == 4
     assert sum(result.rows_in.values()) == len(result.items) + len(result.quarantined)
-    reasons = [q["reason"] for q in result.quarantined]
-    assert reasons[0].startswith("malformed JSON") and "expected a JSON object" in reasons[1]
-    assert "missing field 'text'" in reasons[2] and "should be a string" in reasons[3]
+    assert [q["reason"] for q in result.quarantined] == ["malformed_json", "not_an_object", "missing_text",
+                                                         "text_not_a_string"]
+    details = [q["detail"] for q in result.quarantined]
+    assert details[0].startswith("malformed JSON") and "expected a JSON object" in details[1]
+    assert "missing field 'text'" in details[2] and "should be a string" in details[3]
     assert [q["line"] for q in result.quarantined] == [7, 8, 9, 10]
 
 
@@ -155,7 +157,8 @@ def test_subject_outside_allowed_subjects_is_quarantined_and_counted(tmp_path):
     assert [it["id"] for it in result.items] == ["r0", "r1", "r2", "r3"]
     [q] = result.quarantined
     assert q["source"] == str(path) and q["line"] == 5
-    assert q["reason"].startswith("subject not in prepare.allowed_subjects: 'astrology'")
+    assert q["reason"] == "subject_not_allowed"
+    assert q["detail"].startswith("subject not in prepare.allowed_subjects: 'astrology'")
     assert result.rows_in[str(path)] == result.items_out[str(path)] + result.quarantined_per_source[str(path)] == 5
 
 
@@ -192,9 +195,9 @@ def test_prepare_stage_on_data_without_a_subject_column(project):
         "data.jsonl": {"rows_in": 7, "items_out": 6, "quarantined": 1, "default_subject": 0}}
     counts = (metrics["rows_in"], metrics["items_out"], metrics["quarantined"], metrics["counts_balance"])
     assert counts == (27, 26, 1, True)
-    assert metrics["quarantine_reasons"] == {"subject not in prepare.allowed_subjects": 1}
+    assert metrics["quarantine_reasons"] == {"subject_not_allowed": 1}
     [q] = [json.loads(line) for line in (project / "out/quarantine.jsonl").read_text().splitlines()]
-    assert (q["source"], q["line"]) == ("data.jsonl", 7) and "prepare.allowed_subjects" in q["reason"]
+    assert (q["source"], q["line"]) == ("data.jsonl", 7) and "prepare.allowed_subjects" in q["detail"]
     items = [json.loads(line) for split in ("train", "val", "test")
              for line in (project / f"out/{split}.jsonl").read_text().splitlines()]
     assert sorted(Counter(it["metadata"]["subject"] for it in items).items()) == [("arithmetic", 3), ("general", 20),
@@ -240,8 +243,9 @@ def test_created_at_field_gives_each_row_its_own_time(tmp_path):
     assert [it["created_at"] for it in result.items] == ["2024-03-01T10:00:00Z", "2023-11-14T22:13:20Z",
                                                          "2023-11-14T22:13:20Z", "2026-01-01T00:00:00Z"]
     [q] = result.quarantined
-    assert q["line"] == 5 and q["reason"].startswith("bad time in field 'ts': 'soon' is not a time")
-    assert "prepare.sources[0].created_at_field" in q["reason"]
+    assert q["line"] == 5 and q["reason"] == "bad_created_at"
+    assert q["detail"].startswith("bad time in field 'ts': 'soon' is not a time")
+    assert "prepare.sources[0].created_at_field" in q["detail"]
 
 
 def test_prepared_data_does_not_change_with_an_unrelated_commit(tmp_path):
@@ -293,3 +297,84 @@ def test_unreachable_hf_dataset_says_what_to_do(tmp_path, monkeypatch):
                        id_field="", hf_split="train")
     with pytest.raises(InputDataError, match=r"cannot load Hugging Face dataset 'nobody/no-such-dataset'"):
         collect((src,), "error", "t")
+
+
+REASON_CODE = r"[a-z0-9_]+"
+
+
+def test_a_line_over_the_cap_is_quarantined_without_being_read_whole(tmp_path):
+    import re
+    import tracemalloc
+
+    records = _records(4)
+    records[1]["text"] = "x" * 150  # over max_chars, on a line under the cap: parsed, then set aside
+    huge = json.dumps({"id": "huge", "text": "y" * 20_000_000, "subject": "arithmetic"})
+    path = _write_jsonl(tmp_path / "big.jsonl", records, extra_lines=[huge, json.dumps(_records(6)[5])])
+    tracemalloc.start()
+    try:
+        result = collect((_source("jsonl", path),), "quarantine", "t", max_chars=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000  # the 20 MB line is skipped a MiB at a time, never held
+    assert [it["id"] for it in result.items] == ["r0", "r2", "r3", "r5"]
+    assert [(q["line"], q["reason"]) for q in result.quarantined] == [(2, "text_too_long"), (5, "line_too_long")]
+    assert all(re.fullmatch(REASON_CODE, q["reason"]) for q in result.quarantined)
+    assert "prepare.max_chars (100)" in result.quarantined[0]["detail"]
+    assert len(result.quarantined[1]["raw"]) <= 500 and "prepare.max_chars" in result.quarantined[1]["detail"]
+    assert sum(result.rows_in.values()) == len(result.items) + len(result.quarantined) == 6
+    with pytest.raises(InputDataError, match=r"big\.jsonl, line 2: field 'text' holds 150 characters, over "
+                                             r"prepare\.max_chars \(100\).*on_bad_record: quarantine"):
+        collect((_source("jsonl", path),), "error", "t", max_chars=100)
+
+
+def _broken_csv(path, id_prefix="r"):
+    header = "id,text,subject\n"
+    good = [f'{id_prefix}{i},"Question: what is {i}?\nAnswer: {i}",{SUBJECTS[i % 2]}\n' for i in range(4)]
+    bad = ['q1,"an unterminated quote,arithmetic\n',         # record 4, line 8
+           f'q2,"{"z" * 150_000}",arithmetic\n',            # over csv's field limit (131072): record 6
+           'q3,two fields\n']                               # record 8
+    path.write_text(header + good[0] + good[1] + bad[0] + good[2] + bad[1] + good[3] + bad[2])
+    return path
+
+
+def test_broken_csv_records_are_quarantined_and_reading_goes_on(tmp_path):
+    import re
+
+    path = _broken_csv(tmp_path / "broken.csv")
+    result = collect((_source("csv", path),), "quarantine", "t", max_chars=20000)
+    assert [it["id"] for it in result.items] == ["r0", "r1", "r2", "r3"]
+    assert [it["text"] for it in result.items][1] == "Question: what is 1?\nAnswer: 1"
+    assert [(q["line"], q["reason"]) for q in result.quarantined] == [(4, "malformed_csv"), (6, "malformed_csv"),
+                                                                      (8, "malformed_csv")]
+    assert all(re.fullmatch(REASON_CODE, q["reason"]) for q in result.quarantined)
+    details = [q["detail"] for q in result.quarantined]
+    # the open quote runs on to the next quote, two records down: csv.Error, and reading
+    # starts again on line 7
+    assert details[0].startswith("broken CSV record: ") and "line 6 of the file" in details[0]
+    assert "field larger than field limit" in details[1] and "2 fields where the header has 3" in details[2]
+    assert result.quarantined[0]["raw"] == 'q1,"an unterminated quote,arithmetic\n'
+    assert sum(result.rows_in.values()) == len(result.items) + len(result.quarantined) == 7
+    with pytest.raises(InputDataError, match=r"broken\.csv, line 4: broken CSV record: .*line 6 of the file"):
+        collect((_source("csv", path),), "error", "t", max_chars=20000)
+
+
+def test_prepare_stage_quarantines_broken_rows_with_reason_codes_and_finishes(project):
+    import re
+
+    _write_jsonl(project / "data.jsonl", _records(8), extra_lines=[
+        json.dumps({"id": "long", "text": "w" * 300_000, "subject": "arithmetic"})])
+    _broken_csv(project / "b.csv", id_prefix="c")
+    csv_source = {"kind": "csv", "path": "b.csv", "text_field": "text", "subject_field": "subject", "id_field": "id"}
+    run = _run_prepare_stage(project, [JSONL_SOURCE, csv_source], on_bad_record="quarantine")
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((project / "m.json").read_text())
+    assert metrics["quarantine_reasons"] == {"malformed_csv": 3, "text_too_long": 1}
+    assert all(re.fullmatch(REASON_CODE, reason) for reason in metrics["quarantine_reasons"])
+    assert (metrics["rows_in"], metrics["items_out"], metrics["quarantined"], metrics["counts_balance"]) == (
+        16, 12, 4, True)
+    quarantined = [json.loads(line) for line in (project / "out/quarantine.jsonl").read_text().splitlines()]
+    assert [(q["source"], q["line"], q["reason"]) for q in quarantined] == [
+        ("data.jsonl", 9, "text_too_long"), ("b.csv", 4, "malformed_csv"), ("b.csv", 6, "malformed_csv"),
+        ("b.csv", 8, "malformed_csv")]
+    assert all(q["detail"] for q in quarantined)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from spark_trainer.data.sample import generate, mmlu_csv
+from spark_trainer.packaging import signing
 from tests.conftest import REPO, deep_merge, smoke_params, write_params
 
 NAME = "tiny-release"
@@ -32,7 +33,8 @@ def assets(tmp_path_factory):
         for split, rows in splits.items():
             (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
             (root / "mmlu" / split / f"{subject}_{split}.csv").write_text(mmlu_csv(rows))
-    p = validate_section("train", smoke_params()["train"])
+    # A context that holds the canary's longest prompts (~200 tokens): serve.py refuses longer ones.
+    p = validate_section("train", deep_merge(smoke_params()["train"], {"model": {"max_position_embeddings": 256}}))
     tok = train_bpe([d["text"] for d in data.corpus], 320, 2)
     for seed in (0, 1):
         model = causal_lm.build_from_config(p.model, tok, seed)
@@ -49,7 +51,8 @@ def release_params(assets, **overrides) -> dict:
         "package": {"name": NAME, "model": str(assets / "model0"), "data": str(assets / "clean"),
                     "evaluations": {"mmlu": str(assets / "mmlu.json")},
                     "signing_key": "env:SPARK_TRAINER_SIGNING_KEY"},
-        "register": {"model_name": NAME, "allow_unsigned": False},
+        # The signer's public key (make_signed writes the pair) is trusted: only bundles it signed pass.
+        "register": {"model_name": NAME, "allow_unsigned": None, "trusted_public_keys": ["keys/signing.pub"]},
         "evaluate_safety": {"model": str(assets / "model0")},  # canary_promote reads its probe settings
         "canary_promote": {"steps": [50, 100],
                            "traffic": {"mmlu": str(assets / "mmlu"), "prompts": str(REPO / "data/probes"),
@@ -64,7 +67,8 @@ def release_params(assets, **overrides) -> dict:
 
 def stage(project, name, *args, env=None):
     cmd = {"package": ["dist/" + NAME, "metrics/package.json"],
-           "register": ["dist/" + NAME, "metrics/register.json", "registry/registered.json"],
+           "register": ["dist/" + NAME, "metrics/register.json", "registry/registered.json",
+                        "registry/promotions.jsonl"],
            "canary_promote": ["metrics/register.json", "metrics/canary_promote.json", "reports/canary.md",
                               "reports/canary_evidently.html", "registry/promotions.jsonl"]}[name]
     if name == "package":
@@ -139,9 +143,10 @@ def test_signed_bundle_registers_once_and_becomes_first_champion(first_champion,
     project = Path(shutil.copytree(first_champion, tmp_path / "project"))
     bundle = project / "dist" / NAME
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "lineage.json", "MANIFEST.json",
-            "MANIFEST.sig", "evaluation/mmlu.json"} <= {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")}
+            "model.sig", "evaluation/mmlu.json"} <= {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")}
     card = (bundle / "README.md").read_text()
     assert card.startswith("---\n") and "license: apache-2.0" in card and "model-index:" in card
+    assert "Signed in the OpenSSF model-signing format" in card and "unsigned" not in card.lower()
     assert metrics(project, "package")["signed"] is True
     verify = subprocess.run([sys.executable, str(REPO / "scripts/verify_bundle.py"), str(bundle), "--trusted-key",
                              "keys/signing.pub", "--require-signature"], cwd=project, capture_output=True, text=True)
@@ -149,18 +154,21 @@ def test_signed_bundle_registers_once_and_becomes_first_champion(first_champion,
 
     first = metrics(project, "register")
     assert first["version"] == 1 and first["model_uri"] == f"models:/{NAME}/1" and first["signed"] is True
+    assert first["signer"] == metrics(project, "package")["signer"] and first["signer"].startswith("sha256:")
     ok(stage(project, "register"))  # the same digest again: the same version
     assert metrics(project, "register") == first
 
     result = metrics(project, "canary_promote")
     assert result["champion_version"] is None and result["decision"] == "Successful"
     assert result["status"] == "promoted" and result["steps"][0]["metrics"]["safety_pass_rate"]["test"] == "floor"
+    assert result["challenger_signed"] is True and "- challenger: version 1, signed" in (
+        project / "reports/canary.md").read_text()
     assert aliases(project) == {"challenger": "1", "champion": "1"}
     before = (project / "metrics/canary_promote.json").read_bytes()
     ok(stage(project, "canary_promote"))  # a rerun reaches the same numbers and does not grow the log
     assert (project / "metrics/canary_promote.json").read_bytes() == before
     log = [json.loads(line) for line in (project / "registry/promotions.jsonl").read_text().splitlines()]
-    assert [r["action"] for r in log] == ["promote"] and log[0]["challenger"] == "1"
+    assert [r["action"] for r in log] == ["register", "promote"] and log[1]["challenger"] == "1"
     assert (project / "reports/canary_evidently.html").stat().st_size > 10_000
 
 
@@ -179,19 +187,35 @@ def test_tampered_bundle_is_refused_naming_the_file(signed):
     assert "tokenizer.json: listed in MANIFEST.json but missing" in run.stderr
 
 
-def test_unsigned_bundle_needs_allow_unsigned_and_onnx_export(project, assets):
+def test_unsigned_bundle_is_marked_and_refused_where_a_key_is_trusted_and_onnx_export(signed, assets):
+    project = signed  # keys/signing.pub exists and is trusted; the bundle is built without a key
     write_params(project / "params.yaml", release_params(assets, package={"signing_key": "", "onnx": True}))
     ok(stage(project, "package"))
-    assert metrics(project, "package")["signed"] is False
+    assert metrics(project, "package")["signed"] is False and metrics(project, "package")["signer"] is None
     assert metrics(project, "package")["onnx"]["verified_within"] == 1e-4
     manifest = json.loads((project / "dist" / NAME / "MANIFEST.json").read_text())
     assert manifest["signing"] == "unsigned" and manifest["files"]["model.onnx"].startswith("sha256:")
+    card = (project / "dist" / NAME / "README.md").read_text()
+    assert "- unsigned" in card.split("\n---\n")[0] and "**Unsigned.**" in card  # metadata tag and section
+    run = stage(project, "register")
+    assert run.returncode == 2 and "unsigned, but trusted keys are configured" in run.stderr
+
+    no_keys = {"package": {"signing_key": ""}, "register": {"trusted_public_keys": []}}
+    write_params(project / "params.yaml", release_params(assets, **deep_merge(no_keys, {"register": {
+        "allow_unsigned": False}})))
     run = stage(project, "register")
     assert run.returncode == 2 and "unsigned" in run.stderr and "register.allow_unsigned" in run.stderr
-    write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""},
-                                                         register={"allow_unsigned": True}))
+    write_params(project / "params.yaml", release_params(assets, **no_keys))  # allow_unsigned null, no key: true
     ok(stage(project, "register"))
     assert metrics(project, "register")["signed"] is False
+
+    # The registry fetch of the canary goes through the same policy: with the key trusted
+    # again, the unsigned version is refused before any model is loaded.
+    write_params(project / "params.yaml", release_params(assets, package={"signing_key": ""}))
+    run = stage(project, "canary_promote")
+    assert run.returncode == 2 and f"models:/{NAME}/1" in run.stderr and "does not verify" in run.stderr
+    assert "unsigned, but trusted keys are configured" in run.stderr
+    assert not (project / "metrics/canary_promote.json").exists()
 
 
 def test_failed_canary_keeps_the_champion_and_approval_moves_it(champion_project, assets):
@@ -230,7 +254,8 @@ def test_failed_canary_keeps_the_champion_and_approval_moves_it(champion_project
     ok(subprocess.run(approve, cwd=signed, capture_output=True, text=True, env=_env(signed)))
     assert aliases(signed)["champion"] == "2"
     log = [json.loads(line) for line in (signed / "registry/promotions.jsonl").read_text().splitlines()]
-    assert [r["action"] for r in log] == ["promote", "rollback", "awaiting_approval", "approve"]
+    assert [r["action"] for r in log] == ["register", "promote", "register", "rollback", "awaiting_approval",
+                                          "approve"]
     assert log[-1]["by"] == "Ada" and log[-1]["champion_before"] == "1"
     refused = subprocess.run([sys.executable, str(REPO / "scripts/approve.py"), NAME, "1", "--by", "Ada"],
                              cwd=signed, capture_output=True, text=True, env=_env(signed))
@@ -315,3 +340,74 @@ def test_canary_over_http_against_serve(champion_project, assets):
     assert result["decision"] == "Failed" and "in a row" in result["reason"]
     assert result["steps"][0]["errors"]["challenger"]["max_consecutive_errors"] >= 5
     assert result["status"] == "rolled_back" and aliases(signed)["champion"] == "1"
+
+
+# --------------------------------------------------------------------------- the release policy, on tiny bundles
+
+
+def register_params(**overrides):
+    from spark_trainer.params import validate_section
+
+    return validate_section("register", {"model_name": NAME, "allow_unsigned": None, "trusted_public_keys": [],
+                                         "alias": "challenger", **overrides})
+
+
+def test_allow_unsigned_null_means_false_with_trusted_keys_and_true_is_an_error(tmp_path):
+    from spark_trainer.errors import ParamsError
+    from spark_trainer.registry import release
+    from tests.test_bundle_safety import bundle, signed_bundle
+
+    unsigned = bundle(tmp_path / "u")
+    root, _ = signed_bundle(tmp_path / "s")
+    key = str(tmp_path / "s" / "k.pub")
+    assert release.verify_release(unsigned, register_params()).ok  # null, no key: true (the embedded default)
+    refused = release.verify_release(unsigned, register_params(trusted_public_keys=[key]))  # null, a key: false
+    assert any("unsigned, but trusted keys are configured" in p for p in refused.problems)
+    refused = release.verify_release(unsigned, register_params(), extra_keys=(key,))  # --trusted-key counts too
+    assert any("unsigned, but trusted keys are configured" in p for p in refused.problems)
+    passed = release.verify_release(root, register_params(trusted_public_keys=[key]))
+    assert passed.ok and passed.signed and passed.signer.startswith("sha256:")
+    # false without a key: nothing can check a signature, so nothing passes
+    for b in (unsigned, root):
+        problems = release.verify_release(b, register_params(allow_unsigned=False)).problems
+        assert any("register.allow_unsigned is false" in p for p in problems), problems
+    with pytest.raises(ParamsError) as e:
+        register_params(allow_unsigned=True, trusted_public_keys=[key])
+    assert "register.allow_unsigned: true contradicts register.trusted_public_keys" in str(e.value)
+
+
+def test_fetch_verified_refuses_an_unsigned_or_foreign_bundle_where_a_key_is_trusted(tmp_path):
+    from spark_trainer.errors import BundleError
+    from spark_trainer.registry import model_registry
+    from tests.test_bundle_safety import bundle, signed_bundle
+
+    unsigned = bundle(tmp_path / "u")
+    root, digest = signed_bundle(tmp_path / "s")
+    (tmp_path / "other").mkdir()
+    signing.generate_key_pair(tmp_path / "other" / "k.pem", tmp_path / "other" / "k.pub")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def version(path, digest, signed):
+        return model_registry.Version(NAME, "1", str(path), {model_registry.TAG_DIGEST: digest,
+                                                             model_registry.TAG_SIGNED: signed})
+
+    trusted = register_params(trusted_public_keys=[str(tmp_path / "s" / "k.pub")])
+    fetched = model_registry.fetch_verified(uri, version(root, digest, "true"), trusted)
+    assert (fetched / "model.sig").is_file()
+    unsigned_version = version(unsigned, signing.verify_bundle(unsigned).digest, "false")
+    assert not unsigned_version.signed
+    with pytest.raises(BundleError, match="unsigned, but trusted keys are configured"):
+        model_registry.fetch_verified(uri, unsigned_version, trusted)
+    with pytest.raises(BundleError, match="signed by a key that is not among the trusted keys"):
+        model_registry.fetch_verified(uri, version(root, digest, "true"), register_params(),
+                                      extra_keys=(str(tmp_path / "other" / "k.pub"),))
+
+
+def test_the_canary_report_marks_an_unsigned_version():
+    from spark_trainer.canary import report
+
+    metrics = {"model": NAME, "challenger_version": 2, "champion_version": 1, "challenger_signed": False,
+               "champion_signed": True, "mode": "canary", "steps_planned": [100], "decision": "Failed",
+               "status": "rolled_back", "reason": "r", "steps": []}
+    text = report.markdown(metrics)
+    assert "- challenger: version 2, **UNSIGNED**" in text and "- compared with: version 1, signed" in text

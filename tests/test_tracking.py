@@ -87,3 +87,36 @@ def test_sync_mirrors_metrics_with_the_lock_deps_hash(project):
 
 def test_flatten_numbers_keeps_numeric_leaves():
     assert tracking.flatten_numbers({"a": {"b": 1, "c": "x", "d": [1]}, "e": False}) == {"a.b": 1.0, "e": 0.0}
+
+
+def test_flatten_numbers_gives_valid_distinct_mlflow_names():
+    data = {"a": {"b": 1}, "a.b": 2, "r?": 3, "r!": 4, "r_": 5, "a//b": 6, "/lead": 7, "x/./y": 8, "": 9,
+            "k" * 300: 10}
+    flat = tracking.flatten_numbers(data)
+    assert sorted(flat.values()) == [float(v) for v in range(1, 11)]  # nothing dropped
+    assert {k: v for k, v in flat.items() if len(k) < 250} == {
+        "a.b": 1.0, "a.b_2": 2.0, "r_": 5.0, "r__2": 3.0, "r__3": 4.0, "a/b": 6.0, "lead": 7.0, "x/_/y": 8.0,
+        "_": 9.0}
+    (long,) = [k for k in flat if len(k) >= 250]
+    assert len(long) == 250 and tracking.flatten_numbers(data) == flat  # deterministic
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("https://svc:S3cretPass@host.example:8443/v1/?api_key=abc#frag", "https://host.example:8443/v1/"),
+    ("http://127.0.0.1:9", "http://127.0.0.1:9"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    ("postgresql://user:pw@db/mlflow?sslmode=require", "postgresql://db/mlflow"),
+    ("file:mlruns", "file:mlruns"),
+    ("databricks", "databricks"),
+])
+def test_redact_url_keeps_scheme_host_port_and_path_only(uri, shown):
+    assert tracking.redact_url(uri) == shown
+
+
+def test_unreachable_server_warning_has_no_credentials(project, monkeypatch, caplog):
+    metrics, _ = _stage_files(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:S3cretPass@127.0.0.1:9/?token=abc")
+    with caplog.at_level(logging.WARNING):
+        assert tracking.mirror_stage("train", load_section("train"), metrics, deps_hash="") is None
+    assert "to http://127.0.0.1:9/ failed" in caplog.text
+    assert "S3cretPass" not in caplog.text and "token=abc" not in caplog.text

@@ -53,6 +53,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_pinned_sha256(path: str | Path, expected: str, key: str) -> None:
+    """Refuse a file from outside the pipeline (a checkpoint params name) unless its sha256
+    is the one params pin under `key`: checked before anything reads the file."""
+    from spark_trainer.errors import ModelSourceError
+
+    if not expected:
+        raise ModelSourceError(f"refusing '{path}': {key} is empty; set it to the file's sha256 (`sha256sum {path}`)")
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ModelSourceError(f"refusing '{path}': its sha256 is {actual}, but {key} is {expected}; the file "
+                               "changed, or the param names another file")
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,11 +101,10 @@ def jsonl_line(record: dict[str, Any]) -> str:
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     path = Path(path)
     n = 0
-    with atomic_path(path) as tmp:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            for record in records:
-                f.write(jsonl_line(record))
-                n += 1
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for record in records:
+            f.write(jsonl_line(record))
+            n += 1
     return n
 
 

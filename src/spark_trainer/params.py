@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from spark_trainer.errors import ParamsError
 
@@ -69,7 +70,7 @@ class _ExternalCheck:
         return value
 
 
-def ExternalPath(kind: str, hub_ok: bool = False):  # noqa: N802 - a type, used like one
+def ExternalPath(kind: str, hub_ok: bool = False):
     """'' (none), a path under models/external/<kind>/, or (hub_ok) a hub id."""
     assert kind in EXTERNAL_KINDS, kind
     return Annotated[str, AfterValidator(_ExternalCheck(kind, hub_ok))]
@@ -227,12 +228,22 @@ class PiiParams(Section):
     spacy_model: ExternalPath("spacy")  # a spaCy pipeline folder for PERSON/LOCATION; "" = pattern recognizers only
 
 
+# The sha256 (hex) of a file from outside the pipeline; "" when the file param is "".
+Sha256 = Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64})?$")]
+
+
+def _check_pinned(path: str, sha256: str) -> None:
+    if bool(path) != bool(sha256):
+        raise ValueError("checkpoint and checkpoint_sha256 go together: a checkpoint is loaded only when its "
+                         "sha256 matches (`sha256sum <file>` gives it)")
+
+
 class ToxicityParams(Section):
     enabled: bool
     backend: Literal["detoxify", "profanity_check", "wordlist"]
     model_type: Literal["original", "unbiased", "multilingual"]
     checkpoint: ExternalPath("detoxify")               # a Detoxify .ckpt file; "" = none (the fallback runs)
-    checkpoint_sha256: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64})?$")]  # the .ckpt's sha256; required with it
+    checkpoint_sha256: Sha256          # the .ckpt's sha256; required with checkpoint
     huggingface_config_path: ExternalPath("detoxify")  # the encoder's config + tokenizer folder
     fallback: Literal["profanity_check", "wordlist", "error"]
     batch_size: PositiveInt
@@ -241,9 +252,7 @@ class ToxicityParams(Section):
 
     @model_validator(mode="after")
     def _config_with_checkpoint(self) -> ToxicityParams:
-        if bool(self.checkpoint) != bool(self.checkpoint_sha256):
-            raise ValueError("checkpoint and checkpoint_sha256 go together: a checkpoint is loaded only when its "
-                             "sha256 matches (`sha256sum <file>` gives it)")
+        _check_pinned(self.checkpoint, self.checkpoint_sha256)
         if bool(self.checkpoint) != bool(self.huggingface_config_path):
             raise ValueError("checkpoint and huggingface_config_path go together (set both, or neither): without "
                              "a local encoder config Detoxify would ask the hub")
@@ -450,6 +459,11 @@ class EvaluateSafetyParams(Section):
 BundleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
 
 
+def looks_like_key_text(value: str) -> bool:
+    """A PEM (or other multi-line secret) pasted where a path or env:VAR belongs."""
+    return "-----BEGIN" in value or "PRIVATE KEY" in value or "\n" in value
+
+
 class PackageParams(Section):
     name: BundleName                   # the bundle folder dist/<name>
     model: DepPath   # the candidate model folder (Hugging Face layout; a dvc.yaml dep)
@@ -463,23 +477,74 @@ class PackageParams(Section):
     signing_key: str                   # PEM file path, or env:VAR; '' for an unsigned bundle
     onnx: bool                         # also export model.onnx (verified with onnxruntime)
 
+    # A key pasted into signing_key must not reach an error message through pydantic's input echo.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @model_validator(mode="after")
+    def _no_key_text(self) -> PackageParams:
+        if looks_like_key_text(self.signing_key):  # a literal_secret error: the message never shows the value
+            raise PydanticCustomError("literal_secret", "package.signing_key holds key text, not a path: a key "
+                                      "never goes in params.yaml (git tracks it, MLflow logs params). Remove it, "
+                                      "treat the key as leaked, make a new one with scripts/make_signing_key.py, "
+                                      "and set package.signing_key to its path or env:VAR")
+        return self
+
 
 class RegisterParams(Section):
     model_name: BundleName             # the MLflow registered model
-    allow_unsigned: bool               # false: refuse a bundle without a valid signature
+    allow_unsigned: bool | None        # null: false when trusted keys are configured, else true
     trusted_public_keys: StrTuple      # PEM files; when set, the signer must be one of them
     alias: BundleName                  # the alias a newly registered version gets
+
+    @model_validator(mode="after")
+    def _trusted_means_signed(self) -> RegisterParams:
+        if self.allow_unsigned and self.trusted_public_keys:
+            raise ValueError("register.allow_unsigned: true contradicts register.trusted_public_keys: with a "
+                             "trusted key only a bundle signed by it is accepted. Set allow_unsigned to null (or "
+                             "false), or empty trusted_public_keys to accept unsigned bundles")
+        return self
 
 
 CanaryMetric = Literal["accuracy", "answer_f1", "safety_pass_rate", "latency_p95_ms"]
 
+# `env:VAR`: a secret named in params, its value read from the environment at run time.
+ENV_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
+# Errors whose input is a secret: their message must not show it (see `_describe`).
+SECRET_ERRORS = ("literal_secret", "credentials_in_url")
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]  # an HTTP token (RFC 9110)
+
+
+def _env_ref(value: str) -> str:
+    if not ENV_REF.fullmatch(value):
+        raise PydanticCustomError("literal_secret", "a literal value is not allowed here, it would reach "
+                                  "params.yaml, git and MLflow: put the value in an environment variable and "
+                                  "write env:VAR (e.g. env:SERVING_TOKEN)")
+    return value
+
+
+def _no_credentials_in_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(value).netloc
+    except ValueError:
+        netloc = ""  # not a URL at all: `_complete` names what is expected
+    if "@" in netloc:
+        raise PydanticCustomError("credentials_in_url", "user info (user:password@) is not allowed in a url, it "
+                                  "would reach params.yaml, git and MLflow: drop it and send the credential with "
+                                  "headers: {Authorization: env:VAR}")
+    return value
+
 
 class ServingEndpoint(Section):
     adapter: Literal["in_process", "openai", "kserve_v2", "rest"]
-    url: str                           # HTTP adapters: base URL (rest: the full request URL)
+    # HTTP adapters: base URL (rest: the full request URL); credentials go in headers
+    url: Annotated[str, AfterValidator(_no_credentials_in_url)]
     model: str                         # the model name the server knows; '' for in_process
     request_template: Annotated[dict[str, Any], Field(strict=False)]  # rest: body with {prompt}, {max_tokens}
     response_path: str                 # rest: dotted path to the text in the JSON reply, e.g. data.0.text
+    # HTTP adapters: header name -> env:VAR; the variable holds the value (e.g. "Bearer ...")
+    headers: Annotated[dict[HeaderName, Annotated[str, AfterValidator(_env_ref)]], Field(strict=False)]
 
     @model_validator(mode="after")
     def _complete(self) -> ServingEndpoint:
@@ -591,7 +656,13 @@ class FrameDedupParams(Section):
 class TranscriptionParams(Section):
     backend: Literal["whisper", "none"]
     checkpoint: ExternalPath("whisper")  # a Whisper .pt file; "" = none (transcription skipped, recorded)
+    checkpoint_sha256: Sha256          # the .pt's sha256; required with checkpoint
     language: str  # "" lets Whisper detect it
+
+    @model_validator(mode="after")
+    def _pinned(self) -> TranscriptionParams:
+        _check_pinned(self.checkpoint, self.checkpoint_sha256)
+        return self
 
 
 class CaptionsParams(Section):
@@ -607,10 +678,35 @@ class CaptionsParams(Section):
         return self
 
 
+# The media containers ingest_video opens (video/containers.py), by extension: a file is
+# opened as the format its extension names, never one FFmpeg or Pillow guesses from its bytes.
+# Extension -> FFmpeg demuxer. None of these reads another file: the mov/mp4 demuxer's
+# external data references are off by default and `enable_drefs` keeps them off.
+AV_FORMATS = {
+    ".mp4": "mp4", ".m4v": "mp4", ".m4a": "mp4", ".mov": "mov",
+    ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
+    ".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".ogg": "ogg", ".oga": "ogg",
+}
+# Extension -> Pillow format: Pillow too guesses from the bytes, and some of its plugins hand
+# the file to another program (EPS to Ghostscript).
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+
 class MediaExtensionsParams(Section):
     video: Annotated[StrTuple, Field(min_length=1)]
     image: StrTuple
     audio: StrTuple
+
+    @model_validator(mode="after")
+    def _allowed_formats(self) -> MediaExtensionsParams:
+        # Each extension fixes the container a file is opened as (never guessed from its bytes).
+        for kind, allowed in (("video", AV_FORMATS), ("image", IMAGE_FORMATS), ("audio", AV_FORMATS)):
+            unknown = [ext for ext in getattr(self, kind) if ext not in allowed]
+            if unknown:
+                raise ValueError(f"{kind} lists {', '.join(unknown)}: no allowed container format (a file is opened "
+                                 "as the format its extension names, never one guessed from its bytes); use "
+                                 f"lower-case extensions from: {', '.join(allowed)}")
+        return self
 
 
 class IngestVideoParams(Section):
@@ -624,6 +720,7 @@ class IngestVideoParams(Section):
     transcription: TranscriptionParams
     captions: CaptionsParams
     image_format: Literal["png", "jpeg"]  # what stand-alone images are converted to
+    max_pixels: PositiveInt  # width x height cap of images and video frames, read from headers before decoding
 
     @model_validator(mode="after")
     def _reference(self) -> IngestVideoParams:
@@ -770,7 +867,10 @@ def validate_section(name: str, raw: Any, source: str = PARAMS_FILE) -> Section:
         return model.model_validate(raw)
     except ValidationError as e:
         problems = [_describe(model, name, err) for err in e.errors()]
-        raise ParamsError(f"{source}: invalid section '{name}':\n  " + "\n  ".join(problems)) from e
+        message = f"{source}: invalid section '{name}':\n  " + "\n  ".join(problems)
+        if any(err["type"] in SECRET_ERRORS for err in e.errors()):
+            raise ParamsError(message) from None  # pydantic's own message would show the secret
+        raise ParamsError(message) from e
 
 
 def check_all(path: str | Path = PARAMS_FILE) -> dict[str, Section]:
@@ -849,7 +949,7 @@ def _describe(model: type[BaseModel], section: str, err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{dotted}: missing; add it to params.yaml"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or err["type"] in SECRET_ERRORS else f" (got {got!r})"
     return f"{dotted}: {err['msg']}{shown}"
 
 

@@ -6,11 +6,12 @@ A stage writes its metrics JSON first and calls `mirror_stage` last, so MLflow o
 mirrors what `metrics/` already holds. An unreachable tracking server logs a warning
 and the stage succeeds (metrics stay in `metrics/`), unless `tracking.strict` is true.
 
-Each run carries: the stage's params section (flattened), the numbers of its metrics
-JSON, per-step training metrics from its dvclive folder, its files as artifacts, and
-tags: stage, git commit, DVC experiment name (under `dvc exp run`), the hash of the
-stage's deps as DVC records them in dvc.lock, and a pipeline-run id shared by every
-stage that one `dvc repro` / `dvc exp run` executed.
+Each run carries: the stage's params section (flattened; credentials and URLs redacted
+by `param_for_mlflow`), the numbers of its metrics JSON (under the valid MLflow names
+`mlflow_names` gives them), per-step training metrics from its dvclive folder, its files
+as artifacts, and tags: stage, git commit, DVC experiment name (under `dvc exp run`), the
+hash of the stage's deps as DVC records them in dvc.lock, and a pipeline-run id shared by
+every stage that one `dvc repro` / `dvc exp run` executed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_trainer.errors import TrackingError
-from spark_trainer.params import Section, TrackingParams, as_flat_dict, load_section
+from spark_trainer.params import ENV_REF, Section, TrackingParams, as_flat_dict, load_section
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ TAG_GIT_DIRTY = "git.dirty"
 TAG_DVC_EXP = "dvc.exp_name"
 TAG_DEPS_HASH = "dvc.deps_hash"
 TAG_SOURCE = "spark_trainer.mirrored_by"
+
+REDACTED = "<redacted>"
+# Key words that mark a param as a credential ("max_new_tokens" matches too, but only a
+# string value is ever concealed); `tokenizer` does not match.
+_CREDENTIAL_WORD = re.compile(r"(?<![a-z0-9])(tokens?|secrets?|passwords?|passwd|api[_-]?keys?|authorization"
+                              r"|signing[_-]?keys?|credentials?)(?![a-z0-9])")
+# Every value under these keys may carry a credential: header values, request bodies.
+_CREDENTIAL_PARENTS = ("headers", "request_template")
+_PLACEHOLDERS_ONLY = re.compile(r"(\{\w+\}|\s)*")  # "{prompt}": a template slot, not a secret
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 
 
 def mirror_stage(
@@ -58,7 +70,8 @@ def mirror_stage(
         return _log_run(stage, section, Path(metrics_path), list(artifacts), step_metrics_dir, settings, uri,
                         mirrored_by, deps_hash if deps_hash is not None else current_deps_hash(stage))
     except _tracking_errors() as e:
-        message = f"MLflow mirroring of stage '{stage}' to {_redact(uri)} failed: {type(e).__name__}: {e}"
+        message = (f"MLflow mirroring of stage '{stage}' to {redact_url(uri)} failed: "
+                   f"{type(e).__name__}: {redact_text(str(e))}")
         if settings.strict:
             raise TrackingError(message + " (tracking.strict is true; set it false to carry on without MLflow)") from e
         log.warning("%s. Metrics stay in %s; run scripts/sync_mlflow.py later to mirror them.", message, metrics_path)
@@ -103,7 +116,9 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
     run = client.create_run(experiment_id, run_name=stage, tags=tags)
     run_id = run.info.run_id
 
-    params = [Param(k, _param_value(v)) for k, v in sorted(as_flat_dict(section, stage.split("@")[0]).items())]
+    flat = as_flat_dict(section, stage.split("@")[0])
+    keys = sorted(flat)
+    params = [Param(name, param_for_mlflow(k, flat[k])) for k, name in zip(keys, mlflow_names(keys), strict=True)]
     metrics = [Metric(k, v, 0, 0) for k, v in sorted(flatten_numbers(_read_json(metrics_path)).items())]
     if step_metrics_dir:
         metrics += read_step_metrics(step_metrics_dir)
@@ -131,9 +146,53 @@ def _check_reachable(uri: str, timeout: float) -> None:
         raise _Unreachable(f"tracking server not reachable ({e})") from e
 
 
-def _param_value(value: Any) -> str:
+def param_for_mlflow(key: str, value: Any) -> str:
+    """A params value as MLflow may show it. Every URL in it loses user info, query and
+    fragment; under a key that names a credential (or a header, or a request_template
+    field) an `env:VAR` reference is kept as written and a literal becomes <redacted>."""
+    if _holds_credential(key):
+        value = _conceal(value)
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-    return text[:6000]  # MLflow's limit on a param value
+    return redact_text(text)[:6000]  # MLflow's limit on a param value
+
+
+def _holds_credential(key: str) -> bool:
+    parts = key.split(".")
+    if any(parent in parts[:-1] for parent in _CREDENTIAL_PARENTS):
+        return True
+    # camelCase to snake_case first, so `apiKey` and `accessToken` match too
+    words = [re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", part).lower() for part in parts]
+    return any(_CREDENTIAL_WORD.search(word) for word in words)
+
+
+def _conceal(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if ENV_REF.fullmatch(value) or _PLACEHOLDERS_ONLY.fullmatch(value) else REDACTED
+    if isinstance(value, (list, tuple)):
+        return [_conceal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _conceal(v) for k, v in value.items()}
+    return value  # a number or a flag is no credential
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/path` of `url`: its user info, query and fragment may hold
+    credentials, so they never reach a log, an error message or MLflow."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "<unparseable url>"
+    scheme = f"{parts.scheme}:" if parts.scheme else ""
+    has_authority = parts.netloc or url[len(scheme):len(scheme) + 2] == "//"  # sqlite:///path has an empty one
+    authority = "//" + parts.netloc.rpartition("@")[2] if has_authority else ""
+    return scheme + authority + parts.path
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it passed through `redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -141,17 +200,77 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def flatten_numbers(data: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a metrics JSON as `a.b.c` keys (booleans as 0/1)."""
-    out: dict[str, float] = {}
+def flatten_numbers(data: Any) -> dict[str, float]:
+    """Numeric leaves of a metrics JSON as `a.b.c` keys (booleans as 0/1), each key made a
+    valid MLflow metric name by `mlflow_names`."""
+    leaves = list(_numeric_leaves(data, ""))
+    names = mlflow_names([key for key, _ in leaves])
+    return {name: value for name, (_, value) in zip(names, leaves, strict=True)}
+
+
+def _numeric_leaves(data: Any, prefix: str) -> Iterable[tuple[str, float]]:
     if isinstance(data, dict):
         for k, v in data.items():
-            out.update(flatten_numbers(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(data, bool):
-        out[prefix] = float(data)
-    elif isinstance(data, (int, float)):
-        out[prefix] = float(data)
-    return out
+            yield from _numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (bool, int, float)):
+        yield prefix, float(data)
+
+
+def mlflow_names(keys: list[str]) -> list[str]:
+    """One valid MLflow metric/param name per key, all distinct, deterministic.
+
+    Metrics JSON keys can be free text (a quarantine reason such as
+    "row over max_chars (50001 > 50000)") that MLflow refuses. A key MLflow's own validator
+    accepts keeps its name; any other gets `_` for each refused character and for `.`/`..`
+    path parts, and a name already taken gets a suffix (`_2`, `_3`, ...), so no value is lost.
+    """
+    names: list[str | None] = [None] * len(keys)
+    taken: set[str] = set()
+    for i, key in enumerate(keys):  # valid keys first, so a renamed key never displaces one
+        if _valid_mlflow_name(key) and key not in taken:
+            names[i] = key
+            taken.add(key)
+    renamed = []
+    for i, key in enumerate(keys):
+        if names[i] is not None:
+            continue
+        base = _sanitized_name(key)
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = base[:_max_name_length() - len(f"_{n}")] + f"_{n}"
+        names[i] = name
+        taken.add(name)
+        renamed.append(f"{key!r} -> {name!r}")
+    if renamed:
+        log.info("MLflow names for keys it does not accept: %s", "; ".join(renamed))
+    return names  # type: ignore[return-value]
+
+
+def _valid_mlflow_name(name: str) -> bool:
+    from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+
+    return (0 < len(name) <= _max_name_length() and bool(validate_param_and_metric_name(name))
+            and not path_not_unique(name))
+
+
+def _sanitized_name(key: str) -> str:
+    from mlflow.utils.validation import validate_param_and_metric_name
+
+    chars = "".join(c if validate_param_and_metric_name(c) else "_" for c in key)
+    # A file store keeps a metric at a path: empty, `.` and `..` parts would name another one.
+    parts = ["_" * len(p) if p in (".", "..") else p for p in chars.split("/") if p]
+    name = "/".join(parts) or "_"
+    if len(name) > _max_name_length():
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        name = name[:_max_name_length() - 9] + "_" + digest
+    return name
+
+
+def _max_name_length() -> int:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    return MAX_ENTITY_KEY_LENGTH
 
 
 def read_step_metrics(live_dir: str | Path) -> list:
@@ -159,9 +278,10 @@ def read_step_metrics(live_dir: str | Path) -> list:
     from mlflow.entities import Metric
 
     root = Path(live_dir) / "plots" / "metrics"
+    files = sorted(root.rglob("*.tsv"))
+    keys = mlflow_names([tsv.relative_to(root).with_suffix("").as_posix() for tsv in files])
     metrics = []
-    for tsv in sorted(root.rglob("*.tsv")):
-        key = tsv.relative_to(root).with_suffix("").as_posix()
+    for tsv, key in zip(files, keys, strict=True):
         with tsv.open(encoding="utf-8") as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 name = tsv.stem
@@ -238,13 +358,6 @@ def current_deps_hash(stage: str) -> str | None:
         log.warning("could not hash the deps of stage '%s' through DVC: %s", stage, e)
         return None
     return deps_hash_from_entries(entries)
-
-
-def _redact(uri: str) -> str:
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
 
 
 # ------------------------------------------------------------------ sync after the fact

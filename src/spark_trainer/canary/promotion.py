@@ -6,7 +6,8 @@ last, largest one. Otherwise the last step's outcome is the decision.
 
 State after the decision (the metrics' `status`):
 - promoted: the challenger is the champion (moved now, or already by an earlier run);
-- awaiting_approval: Successful, but params require a person (`scripts/approve.py`);
+- awaiting_approval: Successful, but params require a person (`scripts/approve.py`, which
+  checks this record's digest and champion still hold: `awaiting_record`);
 - rolled_back: Failed; the champion keeps serving and the challenger is marked failed;
 - rejected: no champion yet, and the challenger misses the floors;
 - unchanged: Inconclusive; nothing moves.
@@ -20,12 +21,15 @@ from typing import Any
 from spark_trainer.canary import analysis
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.canary.traffic import Item
-from spark_trainer.params import CanaryPromoteParams
+from spark_trainer.errors import RegistryError, SparkTrainerError
+from spark_trainer.params import CanaryPromoteParams, RegisterParams
 from spark_trainer.registry import model_registry
 
 log = logging.getLogger(__name__)
 
 TAG_CANARY = "spark_trainer.canary"
+# Audit actions that settle a canary's challenger: the latest one is its state.
+DECISIONS = ("awaiting_approval", "promote", "rollback", "reject", "none", "approve", "approve_forced")
 
 
 def run_steps(replayer: Replayer, items: list[Item], p: CanaryPromoteParams) -> tuple[str, str, list[dict[str, Any]]]:
@@ -43,8 +47,12 @@ def run_steps(replayer: Replayer, items: list[Item], p: CanaryPromoteParams) -> 
 def apply(uri: str, name: str, decision: str, reason: str, champion: model_registry.Version | None,
           challenger: model_registry.Version, already_champion: bool, p: CanaryPromoteParams, audit_path,
           git_commit: str) -> str:
-    """Move aliases as the decision says, append the audit record; return the status."""
-    record: dict[str, Any] = {"model": name, "registry": model_registry.identity(uri, name), "challenger": challenger.version,
+    """Move aliases as the decision says, append the audit record; return the status.
+
+    Every record names the challenger's bundle digest and the champion it was compared
+    with: an `awaiting_approval` record is what `scripts/approve.py` checks both against."""
+    record: dict[str, Any] = {"model": name, "registry": model_registry.identity(uri, name),
+                              "challenger": challenger.version, "digest": challenger.tags.get(model_registry.TAG_DIGEST),
                               "champion_before": champion.version if champion else None,
                               "decision": decision, "mode": p.mode, "reason": reason, "git_commit": git_commit}
     if already_champion:
@@ -57,9 +65,9 @@ def apply(uri: str, name: str, decision: str, reason: str, champion: model_regis
         model_registry.append_audit(audit_path, {**record, "action": "awaiting_approval"})
         return "awaiting_approval"
     if decision == "Successful":
-        promote(uri, name, challenger.version, champion.version if champion else None)
+        promote(uri, name, challenger.version, champion.version if champion else None, audit_path,
+                {**record, "action": "promote"})
         model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "promoted")
-        model_registry.append_audit(audit_path, {**record, "action": "promote"})
         return "promoted"
     if decision == "Failed":
         model_registry.set_tag(uri, name, challenger.version, TAG_CANARY, "failed")
@@ -70,10 +78,44 @@ def apply(uri: str, name: str, decision: str, reason: str, champion: model_regis
     return "unchanged"
 
 
-def promote(uri: str, name: str, version: str, previous: str | None) -> None:
+def promote(uri: str, name: str, version: str, previous: str | None, audit_path, record: dict[str, Any]) -> None:
+    """Move `champion` to `version`, `record` written to the audit log first (`move_alias`)."""
     model_registry.set_tag(uri, name, version, model_registry.TAG_PROMOTED_FROM, previous or "none")
-    model_registry.set_alias(uri, name, model_registry.CHAMPION, version)
-    log.info("alias '%s' of '%s' -> version %s (was %s)", model_registry.CHAMPION, name, version, previous or "unset")
+    model_registry.move_alias(uri, name, model_registry.CHAMPION, version, audit_path, record)
+
+
+def awaiting_record(uri: str, version: model_registry.Version, champion: model_registry.Version | None,
+                    audit_path, release: RegisterParams) -> dict[str, Any]:
+    """The canary's `awaiting_approval` record that approving `version` rests on, after
+    checking that nothing it vouched for has changed: the version's latest canary record
+    is that one, the registered bundle digest is the one the canary tested, the bundle
+    still fetches and verifies, and `champion` is the version it was compared with.
+
+    The `spark_trainer.canary` tag is not evidence: anyone with registry access can set it."""
+    again = "run the canary again (`dvc repro canary_promote`), or approve with --force"
+    me = model_registry.identity(uri, version.name)
+    decisions = [r for r in model_registry.completed(model_registry.read_audit(audit_path))
+                 if r.get("registry") == me and str(r.get("challenger")) == version.version
+                 and r.get("action") in DECISIONS]
+    if not decisions or decisions[-1]["action"] != "awaiting_approval":
+        last = decisions[-1]["action"] if decisions else "none"
+        raise RegistryError(f"{version.uri} is not awaiting approval: its latest canary record in {audit_path} is "
+                            f"'{last}' (a {TAG_CANARY} tag alone does not count); {again}")
+    record = decisions[-1]
+    digest = version.tags.get(model_registry.TAG_DIGEST)
+    if record.get("digest") != digest:
+        raise RegistryError(f"{version.uri} is not the bundle its canary ({record['time']}) tested: registered digest "
+                            f"{digest}, canary record {record.get('digest') or 'none'}; {again}")
+    now = champion.version if champion else None
+    if now != record.get("champion_before"):
+        raise RegistryError(f"'{model_registry.CHAMPION}' of '{version.name}' has moved since the canary "
+                            f"({record['time']}) compared {version.uri} with version "
+                            f"{record.get('champion_before') or 'none'}: it is now {now or 'unset'}; {again}")
+    try:
+        model_registry.fetch_verified(uri, version, release)
+    except SparkTrainerError as e:
+        raise RegistryError(f"refusing to approve {version.uri}: {e}") from e
+    return record
 
 
 def baseline(uri: str, name: str, champion: model_registry.Version | None,

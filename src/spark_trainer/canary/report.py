@@ -47,8 +47,8 @@ def evidently_html(champion: list[Reply], challenger: list[Reply], path: Path) -
 
 def markdown(metrics: dict[str, Any]) -> str:
     lines = [f"# Canary: {metrics['model']}", "",
-             f"- challenger: version {metrics['challenger_version']}",
-             f"- compared with: {_version(metrics['champion_version'])}",
+             f"- challenger: version {metrics['challenger_version']}{_signed(metrics['challenger_signed'])}",
+             f"- compared with: {_version(metrics['champion_version'])}{_signed(metrics['champion_signed'])}",
              f"- mode: {metrics['mode']}, traffic steps: {metrics['steps_planned']} %",
              f"- **decision: {metrics['decision']}** → status `{metrics['status']}`",
              f"- reason: {metrics['reason']}", ""]
@@ -71,6 +71,13 @@ def markdown(metrics: dict[str, Any]) -> str:
 
 def _version(v: Any) -> str:
     return f"version {v}" if v is not None else "nothing (no champion yet: absolute floors only)"
+
+
+def _signed(signed: bool | None) -> str:
+    """From the version's `spark_trainer.signed` tag (None: no version)."""
+    if signed is None:
+        return ""
+    return ", signed" if signed else ", **UNSIGNED** (nothing proves who built it)"
 
 
 def _f(x: Any) -> str:

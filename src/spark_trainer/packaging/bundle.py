@@ -1,5 +1,5 @@
 """Build a model bundle: the model in the Hugging Face layout, a model card, the
-evaluation summaries, lineage, and a signed manifest.
+evaluation summaries, lineage, a manifest, and an OpenSSF model-signing signature.
 
     dist/<name>/
       config.json, model.safetensors, tokenizer files   (loadable with from_pretrained)
@@ -8,7 +8,8 @@ evaluation summaries, lineage, and a signed manifest.
       evaluation/<name>.json    copies of the evaluate stages' metrics
       lineage.json              dvc.lock hashes of upstream stages, params hash, data hash
       MANIFEST.json             sha256 of every file above; its own sha256 is the bundle digest
-      MANIFEST.sig              Ed25519 signature of MANIFEST.json (absent: unsigned)
+      model.sig                 model_signing's signature of every file, MANIFEST.json included
+                                (absent: unsigned, and MANIFEST.json, the card and the metrics say so)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def check_inputs(p: PackageParams, model_dir: Path) -> None:
 def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, Any]) -> dict[str, Any]:
     """Write the bundle atomically; return a summary for the stage's metrics."""
     check_inputs(p, model_dir)
-    key = signing.load_private_key(p.signing_key)
+    key = signing.load_private_key(p.signing_key)  # checked before any work
     if key is None:
         log.warning("no signing key configured (package.signing_key=%r): the bundle is marked unsigned",
                     p.signing_key)
@@ -65,7 +66,8 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
             (tmp / "evaluation").mkdir(exist_ok=True)
             (tmp / "evaluation" / f"{name}.json").write_text(dumps_stable(data), encoding="utf-8")
         (tmp / "lineage.json").write_text(dumps_stable(lineage), encoding="utf-8")
-        (tmp / "README.md").write_text(card.render(p, evaluations, lineage), encoding="utf-8")
+        readme = card.render(p, evaluations, lineage, signed=key is not None)
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
         onnx = None
         if p.onnx:
             from spark_trainer.packaging import onnx_export
@@ -74,10 +76,11 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
             onnx = onnx_export.export(model_dir, tmp / "model.onnx")
         digest = signing.write_manifest(tmp, p.name, signed=key is not None)
         if key is not None:
-            signing.sign_manifest(tmp, key)
+            signing.sign_bundle(tmp, key)
 
     files = signing.bundle_files(out_dir)
-    return {"name": p.name, "digest": digest, "signed": key is not None, "files": len(files),
+    return {"name": p.name, "digest": digest, "signed": key is not None,
+            "signer": f"sha256:{key.fingerprint}" if key else None, "files": len(files),
             "bytes": sum((out_dir / f).stat().st_size for f in files),
             "evaluations": sorted(evaluations), "onnx": onnx}
 

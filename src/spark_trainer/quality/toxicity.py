@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spark_trainer.errors import ModelSourceError
-from spark_trainer.outputs import sha256_file
+from spark_trainer.outputs import check_pinned_sha256
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,6 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
     return ToxicityScorer("detoxify", f"checkpoint {checkpoint}", score)
 
 
-def check_checkpoint_digest(checkpoint: Path, expected: str) -> None:
-    """Refuse a checkpoint whose sha256 is not the one params pin, before anything reads it."""
-    if not expected:
-        raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': quality_gates.toxicity.checkpoint_sha256 "
-                               f"is empty; set it to the file's sha256 (`sha256sum {checkpoint}`)")
-    actual = sha256_file(checkpoint)
-    if actual != expected.lower():
-        raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': its sha256 is {actual}, but "
-                               f"quality_gates.toxicity.checkpoint_sha256 is {expected}; the file changed, or the "
-                               "param names another file")
-
-
 def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_config_path: str,
                  fallback: str, batch_size: int, checkpoint_sha256: str = "") -> ToxicityScorer:
     """The scorer params ask for, or the fallback with the reason; never silently. A
@@ -131,7 +119,7 @@ def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_con
         return OFFLINE[backend]("configured backend")
     found = Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     if found is not None:
-        check_checkpoint_digest(found, checkpoint_sha256)
+        check_pinned_sha256(found, checkpoint_sha256, "quality_gates.toxicity.checkpoint_sha256")
     problem = (f"no Detoxify checkpoint at '{checkpoint}'" if checkpoint else
                "no Detoxify checkpoint configured (quality_gates.toxicity.checkpoint is empty)")
     if found is not None:

@@ -3,7 +3,8 @@ audit log (MLflow keeps no history of alias moves, so `registry/promotions.jsonl
 tracked in git, does).
 
 Versions are found through aliases (`champion`, `challenger`), never through the
-deprecated registry stages. A version carries the bundle digest as a tag, so registering
+deprecated registry stages, and moved only by `move_alias`, which writes the audit record
+before the move. A version carries the bundle digest as a tag, so registering
 the same bundle twice returns the existing version.
 """
 
@@ -13,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,11 @@ class Version:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    @property
+    def signed(self) -> bool:
+        """What register recorded: a version without the tag counts as unsigned."""
+        return self.tags.get(TAG_SIGNED) == "true"
+
 
 def client(uri: str):
     from mlflow.tracking import MlflowClient
@@ -59,9 +66,9 @@ def _missing(e: Exception) -> bool:
 
 
 def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool, tags: dict[str, str],
-                    experiment: str, alias: str) -> tuple[Version, bool]:
+                    experiment: str, alias: str, audit_path: str | Path, git_commit: str) -> tuple[Version, bool]:
     """Log the bundle as a new model version (or find the one with the same digest) and
-    point `alias` at it. Returns (version, created)."""
+    point `alias` at it, recorded in the audit log (`move_alias`). Returns (version, created)."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -87,7 +94,8 @@ def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool
                                     tags={TAG_DIGEST: digest, TAG_SIGNED: str(signed).lower(), **tags})
         version, created = _version(mv), True
         log.info("registered %s as version %s of '%s'", bundle, version.version, name)
-    c.set_registered_model_alias(name, alias, version.version)
+    move_alias(uri, name, alias, version.version, audit_path,
+               {"action": "register", "digest": digest, "git_commit": git_commit})
     return version, created
 
 
@@ -148,31 +156,103 @@ def download_bundle(uri: str, version: Version, dst: Path | None = None) -> Path
 
 # --------------------------------------------------------------------------- audit log
 
+AUDIT_KEYS = ("time", "model", "action")   # a line without them is not a record
+MOVE_FAILED = "move_failed"                  # follows a write-ahead record whose move raised
+_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")  # user:password in a URL an error message may quote
+
+
+def move_alias(uri: str, name: str, alias: str, version: str, audit_path: str | Path,
+               record: dict[str, Any]) -> bool:
+    """Point `alias` of `name` at `version`, the one way SparkTrainer moves an alias, so the
+    audit log cannot miss a move.
+
+    Write-ahead: `record` plus what is about to move (alias, version, previous version) is
+    appended before the alias moves; if the move raises, a `move_failed` record follows and
+    the error is re-raised. An alias that already points at `version` is left alone and
+    nothing is recorded (reruns do not grow the log). Returns whether the alias moved."""
+    previous = (client(uri).get_registered_model(name).aliases or {}).get(alias)
+    previous = None if previous is None else str(previous)
+    if previous == str(version):
+        log.info("alias '%s' of '%s' already points at version %s", alias, name, version)
+        return False
+    intent = {**record, "model": name, "registry": identity(uri, name), "alias": alias, "version": str(version),
+              "previous": previous}
+    append_audit(audit_path, intent)
+    try:
+        set_alias(uri, name, alias, str(version))
+    except Exception as e:
+        error = _USERINFO.sub(r"\1***@", f"{type(e).__name__}: {e}")
+        append_audit(audit_path, {**intent, "action": MOVE_FAILED, "failed_action": intent["action"], "error": error})
+        raise
+    log.info("alias '%s' of '%s' -> version %s (was %s)", alias, name, version, previous or "unset")
+    return True
+
 
 def append_audit(path: str | Path, record: dict[str, Any]) -> bool:
-    """Append one promotion record; a record equal to the model's last one (except for
-    its time) is not repeated, so rerunning a stage does not grow the log."""
+    """Append one record as a single write of one line, flushed to disk; a record equal
+    to the model's last one (except for its time) is not repeated, so rerunning a stage
+    does not grow the log."""
     path = Path(path)
     last = last_audit(path, record.get("model"))
     if last is not None and {k: v for k, v in last.items() if k != "time"} == record:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamped = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **record}
-    with path.open("a", encoding="utf-8") as f:
-        f.write(jsonl_line(stamped))
+    line = jsonl_line({"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **record}).encode("utf-8")
+    with path.open("ab+") as f:
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut short by a crash: start ours on a line of its own
+                line = b"\n" + line
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
     return True
 
 
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
+    """The log's records, oldest first. A malformed line (cut short by a crash, edited by
+    hand) is skipped with a warning naming file:line, never a reason to stop recording."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError
+            problem = f"not JSON ({e})"
+        else:
+            if not isinstance(record, dict):
+                problem = f"a JSON {type(record).__name__}, not an object"
+            elif missing := [k for k in AUDIT_KEYS if k not in record]:
+                problem = f"no {', '.join(missing)}"
+            else:
+                records.append(record)
+                continue
+        log.warning("%s:%d: skipped a malformed audit record: %s; fix or delete that line", path, number, problem)
+    return records
 
 
 def last_audit(path: str | Path, model: str | None) -> dict[str, Any] | None:
     records = [r for r in read_audit(path) if model is None or r.get("model") == model]
     return records[-1] if records else None
+
+
+def completed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records without the write-ahead records of moves that failed (nor the failures)."""
+    done: list[dict[str, Any]] = []
+    for r in records:
+        if r.get("action") != MOVE_FAILED:
+            done.append(r)
+            continue
+        ours = [i for i, d in enumerate(done) if d.get("model") == r.get("model")]
+        intent = done[ours[-1]] if ours else {}
+        if (intent.get("action"), intent.get("alias"), intent.get("version")) == (
+                r.get("failed_action"), r.get("alias"), r.get("version")):
+            del done[ours[-1]]
+    return done
 
 
 def fetch_verified(uri: str, version: Version, p, extra_keys: tuple = ()) -> Path:
@@ -204,7 +284,8 @@ def check_champion_unset(uri: str, name: str, audit_path: str | Path) -> None:
     """No `champion` alias: fine for a new model, an error when the audit log says this
     registry had one (its version was deleted, or the alias removed by hand)."""
     me = identity(uri, name)
-    promoted = [r for r in read_audit(audit_path) if r.get("registry") == me and r.get("action") in PROMOTING]
+    promoted = [r for r in completed(read_audit(audit_path))
+                if r.get("registry") == me and r.get("action") in PROMOTING]
     if not promoted:
         return
     version = str(promoted[-1]["challenger"])

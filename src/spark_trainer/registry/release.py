@@ -12,15 +12,23 @@ from spark_trainer.params import RegisterParams
 
 def verify_release(bundle: Path, p: RegisterParams, extra_keys: tuple[str | Path, ...] = ()) -> signing.Verification:
     """Verify a bundle under the release policy: the trusted keys of `register` plus
-    `extra_keys` (a `--trusted-key` option). With any trusted key, a signature from one of
-    them is required; without one, an unsigned bundle passes only if register.allow_unsigned."""
+    `extra_keys` (a `--trusted-key` option).
+
+    With any trusted key, only a bundle signed by one of them passes. Without one, no
+    signature can be checked, so register.allow_unsigned decides (null: true): true lets
+    any bundle whose files match through (a signed one too, its signer unproven); false
+    refuses them all, since it asks for a signature nobody can check without a key."""
     trusted = signing.load_trusted_keys([*p.trusted_public_keys, *extra_keys])
     result = signing.verify_bundle(bundle, trusted or None)
-    if not result.signed and not trusted and not p.allow_unsigned:
-        result.problems.append(f"{signing.MANIFEST}: the bundle is unsigned; configure package.signing_key "
-                               "(scripts/make_signing_key.py) or set register.allow_unsigned: true")
-    if result.signed and trusted and result.signer is None:
-        result.problems.append(f"{signing.SIGNATURE}: no verified signer")
+    if trusted:
+        if result.ok and result.signer is None:  # verify_bundle always names a signer it checked
+            result.problems.append(f"{signing.SIGNATURE}: no trusted key verified the signature")
+        return result
+    if p.allow_unsigned is False:
+        what = "signed, but no trusted key is configured to check the signature" if result.signed else "unsigned"
+        result.problems.append(f"{signing.MANIFEST}: the bundle is {what}, and register.allow_unsigned is false: "
+                               "list the signer's public key in register.trusted_public_keys (or pass --trusted-key)"
+                               ", or sign bundles (package.signing_key, scripts/make_signing_key.py)")
     return result
 
 

@@ -6,15 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
+from spark_trainer.video import containers
+
 WHISPER_RATE = 16000
 
 
 def load_mono_16k(path: Path) -> np.ndarray:
-    """Decode the first audio stream and resample it with PyAV's resampler (libswresample)."""
+    """Decode the first audio stream (opened as its extension's container) and resample it with
+    PyAV's resampler (libswresample)."""
     import av
 
     chunks = []
-    with av.open(str(path)) as container:
+    with containers.open_container(path) as container:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_RATE)
         for frame in container.decode(audio=0):
             for out in resampler.resample(frame):

@@ -11,6 +11,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_trainer.video import containers
+
 
 @dataclass
 class Frame:
@@ -51,7 +53,7 @@ def extract(path: Path, video_id: str, mode: str, fps: float, size: int, max_fra
     packets_until = 0.0  # end of the last demuxed packet: how far a keyframes-only pass got
     next_t = 0.0
     try:
-        with av.open(str(path)) as container:
+        with containers.open_container(path) as container:
             stream = container.streams.video[0]
             if mode == "keyframes":
                 stream.codec_context.skip_frame = "NONKEY"

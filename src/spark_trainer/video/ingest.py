@@ -6,6 +6,8 @@ Each file is routed by extension. A video is probed, checked, decoded into frame
 split into scenes, its audio transcribed and its frames captioned; an image is stripped
 of EXIF/GPS and re-encoded; an audio file is probed and transcribed. A file that fails
 a check is quarantined: it gets a manifest item with its reason and the stage goes on.
+Symlinks are quarantined unread (never followed), and every media file is opened as the
+container its extension names (containers.py), so no file makes FFmpeg read another.
 Items link up through ids: frames and scenes name their video, frames name their
 scene and the transcript segments they overlap.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from spark_trainer.data.manifest import sha256_bytes
 from spark_trainer.params import IngestVideoParams
-from spark_trainer.video import audio, captions, images, integrity, probe, scenes, transcription
+from spark_trainer.video import audio, captions, containers, images, integrity, probe, scenes, transcription
 from spark_trainer.video import frames as frame_ops
 
 log = logging.getLogger(__name__)
@@ -38,12 +41,19 @@ class IngestOutput:
     metrics: dict = field(default_factory=dict)
 
 
+def display_name(name: str) -> str:
+    """The file name as text that JSON and logs can always take: a name that is not UTF-8
+    (Python holds its bytes as surrogates) keeps those bytes as `\\xff` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def item_id(kind: str, name: str) -> str:
-    """A safe, stable id from any file name (spaces, unicode, `..`): an ASCII slug plus a
-    hash of the exact name, so two names that slug alike stay apart and no id is a path."""
-    slug = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    """A safe, stable id from any file name (spaces, unicode, `..`, bytes that are not
+    UTF-8): an ASCII slug plus a hash of the exact name's bytes, so two names that slug
+    alike stay apart and no id is a path."""
+    slug = unicodedata.normalize("NFKD", display_name(name)).encode("ascii", "ignore").decode().lower()
     slug = re.sub(r"[^a-z0-9]+", "-", slug).strip("-")[:40] or "file"
-    return f"{kind}-{slug}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
+    return f"{kind}-{slug}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
 
 
 def classify(name: str, p: IngestVideoParams) -> str | None:
@@ -54,21 +64,56 @@ def classify(name: str, p: IngestVideoParams) -> str | None:
     return None
 
 
-def _base_item(kind: str, path: Path, source: str, created_at: str) -> dict:
+def _item(kind: str, name: str, source: str, created_at: str, size: int, checksum: str) -> dict:
+    shown = display_name(name)
     return {
-        "id": item_id(kind, path.name),
-        "source_path": f"{source.rstrip('/')}/{path.name}",
+        "id": item_id(kind, name),
+        "source_path": f"{source.rstrip('/')}/{shown}",
         "processed_path": "",
         "content_type": kind,
-        "mime_type": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-        "size_bytes": path.stat().st_size,
-        "checksum": probe.sha256_file(path),
-        "metadata": {"file_name": path.name},
+        "mime_type": mimetypes.guess_type(shown)[0] or "application/octet-stream",
+        "size_bytes": size,
+        "checksum": checksum,
+        "metadata": {"file_name": shown},
         "annotations": {},
         "quality_scores": {"integrity": "ok"},
         "created_at": created_at,
         "lineage": {"source": source, "parent_ids": [], "stage": STAGE},
     }
+
+
+def _base_item(kind: str, path: Path, source: str, created_at: str) -> dict:
+    """The item of a regular file, with the size and checksum of its bytes."""
+    return _item(kind, path.name, source, created_at, *probe.fingerprint(path))
+
+
+def _listing_problem(path: Path) -> tuple[str, str] | None:
+    """(reason, detail) for a folder entry quarantined before anything opens it, or None.
+    `is_symlink` comes first: `is_file` and `stat` would follow the link."""
+    if path.is_symlink():
+        return "symlink", "a symbolic link: links are never followed; put the file itself in the folder"
+    if not path.is_file():
+        return "not_regular_file", "not a regular file (a FIFO, socket or device)"
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "undecodable_name", "the file name is not valid UTF-8 (its bytes are kept as \\x escapes); rename it"
+    return None
+
+
+def _listing_item(path: Path, reason: str, detail: str, p: IngestVideoParams, source: str, created_at: str) -> dict:
+    """The quarantined item of an entry `_listing_problem` turned away. A symlink is never
+    followed: its size and checksum are those of the link itself (the target path, which
+    the manifest does not show); a FIFO or device is not read."""
+    kind = classify(display_name(path.name), p) or "video"
+    if reason == "symlink":
+        target = os.fsencode(os.readlink(path))
+        item = _item(kind, path.name, source, created_at, len(target), sha256_bytes(target))
+    elif reason == "not_regular_file":
+        item = _item(kind, path.name, source, created_at, 0, sha256_bytes(b""))
+    else:
+        item = _base_item(kind, path, source, created_at)
+    return _quarantine(item, reason, detail)
 
 
 def _quarantine(item: dict, reason: str, detail: str) -> dict:
@@ -86,7 +131,8 @@ def _unsupported(path: Path, source: str, created_at: str) -> dict:
     kind = next((k for k in ("image", "audio", "video") if mime.startswith(k + "/")), "video")
     text = None
     if mime.startswith("text/") and path.stat().st_size <= 1 << 20:
-        data = path.read_bytes()
+        with containers.open_file(path) as f:
+            data = f.read()
         try:
             text = data.decode("utf-8") if data.decode("utf-8").encode("utf-8") == data else None
         except UnicodeDecodeError:
@@ -118,7 +164,7 @@ def ingest_video(path: Path, item: dict, p: IngestVideoParams, transcriber, skip
         return _quarantine(item, e.reason, e.detail), [], stats
     item["metadata"].update(info.as_metadata())
     failed = integrity.check_probe(info, p.integrity.min_duration_s, p.integrity.max_duration_s,
-                                   p.integrity.require_audio)
+                                   p.integrity.require_audio, p.max_pixels)
     if failed:
         return _quarantine(item, *failed), [], stats
     f = p.frames
@@ -150,16 +196,21 @@ def ingest_video(path: Path, item: dict, p: IngestVideoParams, transcriber, skip
     return item, kept, stats
 
 
-def ingest_image(path: Path, item: dict, image_format: str) -> tuple[dict, bytes | None]:
+def ingest_image(path: Path, item: dict, image_format: str, max_pixels: int) -> tuple[dict, bytes | None]:
     try:
-        clean = images.clean(path, image_format)
+        clean = images.clean(path, image_format, max_pixels)
+    except images.TooManyPixels as e:
+        return _quarantine(item, "too_many_pixels", str(e)), None
+    except containers.UnsupportedContainer as e:
+        return _quarantine(item, "unsupported_container", str(e)), None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError for some broken files
-        return _quarantine(item, "unreadable_image", f"Pillow could not read it: {type(e).__name__}"), None
+        return _quarantine(item, "unreadable_image", f"Pillow could not read it as "
+                                                     f"{containers.image_format(path)}: {type(e).__name__}"), None
+    source = {"source_checksum": item["checksum"], "source_size_bytes": item["size_bytes"]}
     item["processed_path"] = f"images/{item['id']}.{image_format}"
     item["mime_type"] = "image/png" if image_format == "png" else "image/jpeg"
     item["size_bytes"], item["checksum"] = len(clean.data), sha256_bytes(clean.data)
-    item["metadata"].update({**clean.metadata, "source_checksum": probe.sha256_file(path),
-                             "source_size_bytes": path.stat().st_size})
+    item["metadata"].update({**clean.metadata, **source})
     return item, clean.data
 
 
@@ -167,7 +218,8 @@ def ingest_audio(path: Path, item: dict, transcriber, skipped_reason: str) -> di
     try:
         info = probe.probe(path)
     except probe.ProbeError as e:
-        return _quarantine(item, e.reason if e.reason == "empty_file" else "unreadable_audio", e.detail)
+        reason = e.reason if e.reason in ("empty_file", "unsupported_container") else "unreadable_audio"
+        return _quarantine(item, reason, e.detail)
     if not info.has_audio:
         return _quarantine(item, "unreadable_audio", f"{info.container} container without an audio stream")
     item["metadata"].update({k: v for k, v in info.as_metadata().items()
@@ -203,12 +255,14 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
         raise InputDataError(f"ingest_video.source '{source}' is not a folder; point it at a folder of media files")
     result = IngestOutput()
     src = str(source)
-    resolved = transcription.resolve_checkpoint(p.transcription.backend, p.transcription.checkpoint)
+    resolved = transcription.resolve_checkpoint(p.transcription.backend, p.transcription.checkpoint,
+                                                  p.transcription.checkpoint_sha256)
     transcriber = None
     if resolved.checkpoint is not None:
         transcriber = transcription.Transcriber(resolved.checkpoint, p.transcription.language)
     entries = sorted(source.iterdir(), key=lambda e: e.name)
-    files = [e for e in entries if e.is_file() and not e.is_symlink() and e.name != "ground_truth.json"]
+    folders = [e for e in entries if e.is_dir() and not e.is_symlink()]
+    files = [e for e in entries if e not in folders and e.name != "ground_truth.json"]  # symlinks too: counted
     kinds: Counter = Counter()
     reasons: Counter = Counter()
     per_video: dict[str, dict] = {}
@@ -216,7 +270,10 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
     truth_by_id: dict[str, dict | None] = {}
     for path in files:
         kind = classify(path.name, p)
-        if kind is None:
+        problem = _listing_problem(path)
+        if problem is not None:
+            result.items.append(_listing_item(path, *problem, p, src, created_at))
+        elif kind is None:
             result.items.append(_unsupported(path, src, created_at))
         elif kind == "video":
             item = _base_item(kind, path, src, created_at)
@@ -228,7 +285,7 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
                 per_video[path.name] = stats
                 truth_by_id[item["id"]] = truth_videos.get(path.name)
         elif kind == "image":
-            item, data = ingest_image(path, _base_item(kind, path, src, created_at), p.image_format)
+            item, data = ingest_image(path, _base_item(kind, path, src, created_at), p.image_format, p.max_pixels)
             result.items.append(item)
             if data is not None:
                 result.files[item["processed_path"]] = data
@@ -246,7 +303,7 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
                                         c.batch_size)
     shard_names = frame_ops.write_shards(result.frames, out_dir, p.frames.shard_size)
     result.items += _frame_items(result.frames, shard_names, p.frames.shard_size, src, created_at, p.frames.size)
-    result.metrics = _metrics(files, [e for e in entries if e.is_dir()], kinds, reasons, per_video, result, truth,
+    result.metrics = _metrics(files, folders, kinds, reasons, per_video, result, truth,
                               resolved, transcriber, c.backend, captioned, shard_names)
     return result
 

@@ -5,24 +5,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spark_trainer.video import containers
+
 
 def detect(path: Path, detector: str, threshold: float, min_scene_len: int, duration_s: float) -> list[dict]:
     """Scenes `{scene_id, start_s, end_s, start_frame, end_frame}`; a video without a cut
-    is one scene. PySceneDetect reads through its PyAV backend (no OpenCV video I/O)."""
-    from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, ThresholdDetector, open_video
+    is one scene. PySceneDetect reads through PyAV (no OpenCV video I/O), from a container
+    opened as the format the file's extension names."""
+    from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, ThresholdDetector
+
+    from spark_trainer.video.scene_stream import ContainerStream
 
     detectors = {
         "content": lambda: ContentDetector(threshold=threshold, min_scene_len=min_scene_len),
         "adaptive": lambda: AdaptiveDetector(adaptive_threshold=threshold, min_scene_len=min_scene_len),
         "threshold": lambda: ThresholdDetector(threshold=threshold, min_scene_len=min_scene_len),
     }
-    video = open_video(str(path), backend="pyav")
-    manager = SceneManager()
-    manager.add_detector(detectors[detector]())
-    manager.detect_scenes(video, show_progress=False)
-    found = manager.get_scene_list()
+    with containers.open_container(path) as container:
+        video = ContainerStream(container, path.stem)
+        manager = SceneManager()
+        manager.add_detector(detectors[detector]())
+        manager.detect_scenes(video, show_progress=False)
+        found = manager.get_scene_list()
+        rate = float(video.frame_rate)
     if not found:
-        frames = round(duration_s * float(video.frame_rate))
+        frames = round(duration_s * rate)
         return [{"scene_id": 0, "start_s": 0.0, "end_s": round(duration_s, 6), "start_frame": 0, "end_frame": frames}]
     return [{"scene_id": i, "start_s": round(start.seconds, 6), "end_s": round(end.seconds, 6),
              "start_frame": start.frame_num, "end_frame": end.frame_num} for i, (start, end) in enumerate(found)]

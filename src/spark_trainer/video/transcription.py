@@ -2,8 +2,8 @@
 
 Whisper's `load_model("tiny")` downloads; this module only ever loads the local `.pt`
 that `transcription.checkpoint` names (under models/external/whisper/, a dvc.yaml dep of
-ingest_video), never a cache dvc.yaml does not see. With none, transcription is skipped
-and the reason recorded.
+ingest_video), never a cache dvc.yaml does not see, and only once its sha256 matches
+`transcription.checkpoint_sha256`. With none, transcription is skipped and the reason recorded.
 `transcribe` gets a float32 16 kHz array, which needs no ffmpeg binary.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spark_trainer.errors import ModelSourceError
+from spark_trainer.outputs import check_pinned_sha256
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,13 @@ class Resolved:
     reason: str  # why transcription is skipped ("" when a checkpoint was found)
 
 
-def resolve_checkpoint(backend: str, checkpoint: str) -> Resolved:
+def resolve_checkpoint(backend: str, checkpoint: str, checkpoint_sha256: str = "") -> Resolved:
     if backend == "none":
         return Resolved(None, "transcription.backend is none")
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if path.is_file():
+            check_pinned_sha256(path, checkpoint_sha256, "ingest_video.transcription.checkpoint_sha256")
             return Resolved(path, "")
         # Configured but absent: an error, not a skip that looks like a choice.
         raise ModelSourceError(f"ingest_video.transcription.checkpoint: no Whisper checkpoint at '{checkpoint}'; "
