@@ -1,6 +1,6 @@
 """Champion vs challenger: replay traffic in staged steps, test, and move `champion`.
 
-    python stages/canary_promote.py metrics/register.json metrics/canary_promote.json \\
+    python stages/canary_promote.py registry/registered.json metrics/canary_promote.json \\
         reports/canary.md reports/canary_evidently.html registry/promotions.jsonl
 
 Both models are resolved through MLflow aliases. With no champion yet, the challenger
@@ -8,7 +8,13 @@ must pass the rules' absolute floors. Otherwise each step of canary_promote.step
 that share of the traffic through the serving adapters and runs the paired tests; the
 decision (Successful, Failed, Inconclusive) moves the alias, waits for approval, or keeps
 the champion, and every move is appended to the git-tracked audit log.
+
+In a DVC experiment (`dvc exp run`, queued or temporary) the analysis runs in full and the
+metrics say what it would decide (`decision`, `would_promote`, `status: experiment`), but
+no alias moves: aliases move only from the branch workspace or through scripts/approve.py.
 """
+
+import logging
 
 from spark_trainer import tracking
 from spark_trainer.canary import adapters, analysis, promotion, report, traffic
@@ -18,6 +24,8 @@ from spark_trainer.params import CanaryPromoteParams, EvaluateSafetyParams, Regi
 from spark_trainer.quality import toxicity
 from spark_trainer.registry import model_registry
 from spark_trainer.stage import Timer, entrypoint, path_args
+
+log = logging.getLogger("canary_promote")
 
 
 @entrypoint
@@ -32,8 +40,14 @@ def main() -> None:
     timer = Timer()
     items = traffic.build(p.traffic, probes)
 
-    challenger = model_registry.resolve_alias(uri, name, model_registry.CHALLENGER)
-    model_registry.check_registered(challenger, args.registered)
+    # In a DVC experiment the analysis runs in full, but no alias moves (what it would do is
+    # recorded): the challenger is the version this workspace registered, not the alias.
+    experiment = tracking.dvc_experiment()
+    if experiment:
+        challenger = model_registry.registered_version(uri, args.registered)
+    else:
+        challenger = model_registry.resolve_alias(uri, name, model_registry.CHALLENGER)
+        model_registry.check_registered(challenger, uri, args.registered)
     champion = model_registry.resolve_alias(uri, name, model_registry.CHAMPION)
     if champion is None:
         model_registry.check_champion_unset(uri, name, args.audit)
@@ -57,14 +71,20 @@ def main() -> None:
             decision, reason = steps[0]["outcome"], steps[0]["reason"]
         else:
             decision, reason, steps = promotion.run_steps(replayer, items, p)
-    status = promotion.apply(uri, name, decision, reason, champion, challenger, already, p, args.audit,
-                             tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
+    if experiment:
+        status = "experiment"
+        log.info("DVC experiment %s: the decision is %s; aliases untouched (they move only from the branch "
+                 "workspace or through scripts/approve.py)", experiment[tracking.TAG_DVC_EXP], decision)
+    else:
+        status = promotion.apply(uri, name, decision, reason, champion, challenger, already, p, args.audit,
+                                 tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
 
     stable_steps, latency = analysis.split_volatile(steps)
     metrics = {"model": name, "challenger_version": int(challenger.version), "mode": p.mode,
                "champion_version": int(champion.version) if champion else None, "steps_planned": list(p.steps),
                "challenger_signed": challenger.signed, "champion_signed": champion.signed if champion else None,
                "decision": decision, "status": status, "reason": reason, "steps": stable_steps,
+               "would_promote": decision == "Successful",
                "toxicity_backend": scorer.backend}
     write_text_atomic(args.report, report.markdown({**metrics, "steps": steps}))
     with timer.phase("evidently"):

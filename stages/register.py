@@ -12,8 +12,9 @@ numbers. The alias move is written to the audit log `registry/promotions.jsonl` 
 happens (action `register`); an alias already on the version records nothing.
 
 The registration lives in the MLflow store, which DVC does not see. `registry/registered.json`
-(git-ignored, a DVC out) says this workspace's store holds it: a fresh clone lacks the file,
-so `dvc repro` registers again there instead of skipping to a canary with an empty registry.
+(a cached DVC out, git-ignored) names the version and the store's registered model
+(`registry`: its name and creation time); canary_promote refuses a store that is not that
+one (a fresh clone, a deleted mlflow.db) and says to run `dvc repro -f register`.
 """
 
 from spark_trainer import tracking
@@ -35,14 +36,19 @@ def main() -> None:
     if check.problems:
         raise BundleError(f"refusing to register {args.bundle}:\n  " + "\n  ".join(check.problems))
 
+    # In a DVC experiment the version is registered, tagged with the experiment, and no alias
+    # moves: an experiment never changes what the registry serves.
+    experiment = tracking.dvc_experiment()
+    alias = None if experiment else p.alias
     with timer.phase("register"):
         version, _created = model_registry.register_bundle(
             tracking.tracking_uri(settings), p.model_name, args.bundle, check.digest, check.signed,
-            release.version_tags(args.bundle), settings.experiment, p.alias, args.audit,
+            {**release.version_tags(args.bundle), **experiment}, settings.experiment, alias, args.audit,
             tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
     registered = {"name": p.model_name, "version": int(version.version), "digest": check.digest,
-                  "signed": check.signed, "signer": check.signer, "model_uri": version.uri, "alias": p.alias}
-    write_text_atomic(args.marker, dumps_stable(registered))
+                  "signed": check.signed, "signer": check.signer, "model_uri": version.uri, "alias": alias}
+    marker = {**registered, "registry": model_registry.identity(tracking.tracking_uri(settings), p.model_name)}
+    write_text_atomic(args.marker, dumps_stable(marker))
     write_metrics(args.metrics, registered)
     write_timings(args.metrics, timer.total())
     tracking.mirror_stage("register", p, args.metrics)

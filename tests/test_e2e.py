@@ -2,7 +2,9 @@
 
 import json
 import math
+import re
 import subprocess
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -24,10 +26,11 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)
+MODEL = "spark-trainer-arithmetic"
 
 
 def _run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout, result.stderr
 
@@ -130,31 +133,77 @@ def test_forced_rerun_on_a_new_commit_gives_byte_identical_metrics(repo):
     assert {s: (root / m).read_bytes() for s, m in METRICS.items()} == before
 
 
-def test_lora_experiment_reruns_only_what_is_downstream(repo):
+def _alias(root, alias):
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_model_version_by_alias(MODEL, alias).version
+
+
+def _stages_run(log):
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def _experiments(root, env):
+    """{experiment name: {metrics file: data}} from `dvc exp show --json`."""
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], root, env)[0])
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                found[rev["name"]] = {path: m["data"] for path, m in rev["data"]["metrics"].items()}
+    return found
+
+
+def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_alias(repo):
+    """`dvc exp run --queue` + `dvc queue start`, as a team runs a batch: each experiment reruns
+    only the stages its change reaches (DVC's own log of each), both show in `dvc exp show`,
+    their MLflow runs carry the experiment's name, and neither moves an alias of the shared
+    registry, whatever its canary decides."""
     root, env, _ = repo
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "pipeline outputs"], root, env)
+    aliases = {a: _alias(root, a) for a in ("champion", "challenger")}
+    audit = (root / "registry/promotions.jsonl").read_bytes()
     rank8 = json.loads((root / "metrics/lora/arithmetic.json").read_text())["trainable_parameters"]
-    out, err = _run(["dvc", "exp", "run", "-S", "lora.rank=4", "-n", "lora-rank-4"], root, env)
-    log = out + err
-    for stage in ("lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized",
-                  "package", "register", "canary_promote"):
-        assert f"Running stage '{stage}'" in log
-    assert json.loads((root / "metrics/lora/arithmetic.json").read_text())["trainable_parameters"] * 2 == rank8
-    # A new model is a new challenger, compared with the champion to a decision. Neither smoke model
-    # answers a question right and neither leaks (intervals [0, 0]; latency is out of smoke decisions),
-    # so: 10% of 24 items is under min_samples (Inconclusive, go on), then non-inferior at 50% and 100%.
-    assert json.loads((root / "metrics/register.json").read_text())["version"] == 2
-    canary = json.loads((root / "metrics/canary_promote.json").read_text())
+    _run(["dvc", "exp", "run", "--queue", "-S", "canary_promote.analysis.alpha=0.01", "-n", "q-alpha"], root, env)
+    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=4", "-n", "q-rank4"], root, env)
+    _run(["dvc", "queue", "start", "-j", "1"], root, env)
+    deadline = time.monotonic() + 1800
+    while re.search(r"\b(Queued|Running)\b", status := _run(["dvc", "queue", "status"], root, env)[0]):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    logs = {name: "".join(_run(["dvc", "queue", "logs", name], root, env)) for name in ("q-alpha", "q-rank4")}
+
+    assert _stages_run(logs["q-alpha"]) == {"canary_promote"}, logs["q-alpha"]
+    ran = _stages_run(logs["q-rank4"])
+    assert {"lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized", "package",
+            "register", "canary_promote"} <= ran, logs["q-rank4"]
+    assert not ran & {"sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base", "ingest_video",
+                      "train_captioner", "evaluate_coco"}, logs["q-rank4"]
+
+    exps = _experiments(root, env)
+    rank4 = exps["q-rank4"]
+    assert rank4["metrics/lora/arithmetic.json"]["trainable_parameters"] * 2 == rank8
+    assert (rank4["metrics/register.json"]["version"], rank4["metrics/register.json"]["alias"]) == (2, None)
+    # The new model is compared with the champion to a decision. Neither smoke model answers a
+    # question right and neither leaks (intervals [0, 0]; latency is out of smoke decisions), so:
+    # 10% of 24 items is under min_samples (Inconclusive, go on), then non-inferior at 50% and 100%.
+    canary = rank4["metrics/canary_promote.json"]
     assert (canary["champion_version"], canary["challenger_version"]) == (1, 2)
     assert [(s["traffic_percent"], s["outcome"]) for s in canary["steps"]] == [
         (10, "Inconclusive"), (50, "Successful"), (100, "Successful")]
-    assert (canary["decision"], canary["status"]) == ("Successful", "promoted"), canary["reason"]
-    audit = [json.loads(line) for line in (root / "registry/promotions.jsonl").read_text().splitlines()]
-    last = audit[-1]
-    assert (last["action"], last["challenger"], last["champion_before"], last["decision"]) == (
-        "promote", "2", "1", "Successful")
-    for stage in ("sample", "prepare", "quality_gates", "train", "evaluate_mmlu@base", "ingest_video",
-                  "train_captioner", "evaluate_coco"):
-        assert f"Running stage '{stage}'" not in log
+    assert (canary["decision"], canary["would_promote"], canary["status"]) == ("Successful", True, "experiment")
+    assert exps["q-alpha"]["metrics/canary_promote.json"]["status"] == "experiment"
+    # The shared registry is as it was: no alias moved, nothing appended to the audit log.
+    assert {a: _alias(root, a) for a in aliases} == aliases
+    assert (root / "registry/promotions.jsonl").read_bytes() == audit
+    # One MLflow store for the workspace and its experiments, each run findable by experiment.
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id],
+                              "tags.`dvc.exp_name` = 'q-alpha'")
+    assert {r.data.tags["spark_trainer.stage"] for r in runs} == {"canary_promote"}
+    head = _run(["git", "rev-parse", "HEAD"], root, env)[0].strip()
+    assert runs[0].data.tags["dvc.exp_baseline_rev"] == head
+    assert client.get_model_version(MODEL, "2").tags["dvc.exp_name"] == "q-rank4"
 
 
 def test_experiment_with_a_changed_param(repo):
@@ -169,15 +218,18 @@ def test_experiment_with_a_changed_param(repo):
     assert "metrics/train.json" in json.loads(metrics_diff)
 
 
-def test_a_workspace_without_its_registry_registers_again(repo):
-    """The registry lives in the MLflow store, outside DVC: a workspace that lacks it (a fresh
-    clone, a deleted mlflow.db) reruns register instead of running the canary on nothing."""
+def test_a_store_that_is_not_the_registered_one_is_refused_until_register_reruns(repo):
+    """The registry lives in the MLflow store, outside DVC: a workspace whose store is not the
+    one `register` registered into (a fresh clone, a deleted mlflow.db) is told to register
+    again, rather than running the canary on an empty registry; after that the canary reruns."""
     root, env, _ = repo
     (root / "mlflow.db").unlink()
-    (root / "registry/registered.json").unlink()
-    status, _ = _run(["dvc", "status", "register"], root, env)
-    assert "registry/registered.json" in status
+    result = subprocess.run(["dvc", "repro", "-f", "-s", "canary_promote"], cwd=root, env=env, capture_output=True,
+                            check=False,
+                            text=True)
+    assert result.returncode != 0 and "dvc repro -f register" in result.stdout + result.stderr
+    _run(["dvc", "repro", "-f", "-s", "register"], root, env)
     out, err = _run(["dvc", "repro"], root, env)
-    assert "Running stage 'register'" in out and "Running stage 'canary_promote'" in out, out + err
+    assert "Running stage 'canary_promote'" in out, out + err
     assert json.loads((root / "metrics/register.json").read_text())["version"] == 1
     assert json.loads((root / "metrics/canary_promote.json").read_text())["status"] == "promoted"

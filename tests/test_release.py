@@ -69,7 +69,7 @@ def stage(project, name, *args, env=None):
     cmd = {"package": ["dist/" + NAME, "metrics/package.json"],
            "register": ["dist/" + NAME, "metrics/register.json", "registry/registered.json",
                         "registry/promotions.jsonl"],
-           "canary_promote": ["metrics/register.json", "metrics/canary_promote.json", "reports/canary.md",
+           "canary_promote": ["registry/registered.json", "metrics/canary_promote.json", "reports/canary.md",
                               "reports/canary_evidently.html", "registry/promotions.jsonl"]}[name]
     if name == "package":
         cmd = [_params(project)["package"]["model"], *cmd]

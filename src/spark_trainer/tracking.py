@@ -39,6 +39,7 @@ TAG_PIPELINE_RUN = "spark_trainer.pipeline_run"
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_DVC_EXP = "dvc.exp_name"
+TAG_DVC_BASELINE = "dvc.exp_baseline_rev"
 TAG_DEPS_HASH = "dvc.deps_hash"
 TAG_SOURCE = "spark_trainer.mirrored_by"
 
@@ -79,8 +80,39 @@ def mirror_stage(
 
 
 def tracking_uri(settings: TrackingParams) -> str:
-    """`MLFLOW_TRACKING_URI` wins over params, as in every MLflow tool."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or settings.uri
+    """`MLFLOW_TRACKING_URI` wins over params, as in every MLflow tool. A relative local
+    store (`sqlite:///mlflow.db`, `mlruns`) resolves against the main repository, so the
+    workspace and every experiment DVC runs in a temporary copy share one store and one
+    registry; an absolute path or a server URI is used as given."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(main_repo_root() / uri[len("sqlite:///"):])
+    if "://" not in uri and not Path(uri).is_absolute():
+        return str(main_repo_root() / uri)
+    return uri
+
+
+def main_repo_root() -> Path:
+    """The repository the user works in. DVC runs queued and temporary experiments in a
+    copy under `<repo>/.dvc/tmp/exps/`, and names the copy's root in `DVC_ROOT`; that copy
+    is thrown away, so what must outlive it (the MLflow store) belongs to `<repo>`."""
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment this process runs in (`dvc exp run`, queued or temporary), as
+    MLflow tags: its name and baseline revision; empty outside an experiment."""
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[TAG_DVC_EXP] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags[TAG_DVC_BASELINE] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
 
 
 def _tracking_errors() -> tuple[type[BaseException], ...]:
@@ -108,9 +140,8 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
 
-    tags = {TAG_STAGE: stage, TAG_SOURCE: mirrored_by, TAG_PIPELINE_RUN: pipeline_run_id(), **git_tags()}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags[TAG_DVC_EXP] = os.environ["DVC_EXP_NAME"]
+    tags = {TAG_STAGE: stage, TAG_SOURCE: mirrored_by, TAG_PIPELINE_RUN: pipeline_run_id(), **git_tags(),
+            **dvc_experiment()}
     if deps_hash:
         tags[TAG_DEPS_HASH] = deps_hash
     run = client.create_run(experiment_id, run_name=stage, tags=tags)

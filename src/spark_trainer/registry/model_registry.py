@@ -66,9 +66,11 @@ def _missing(e: Exception) -> bool:
 
 
 def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool, tags: dict[str, str],
-                    experiment: str, alias: str, audit_path: str | Path, git_commit: str) -> tuple[Version, bool]:
+                    experiment: str, alias: str | None, audit_path: str | Path,
+                    git_commit: str) -> tuple[Version, bool]:
     """Log the bundle as a new model version (or find the one with the same digest) and
-    point `alias` at it, recorded in the audit log (`move_alias`). Returns (version, created)."""
+    point `alias` at it, recorded in the audit log (`move_alias`); `alias` None (a DVC
+    experiment) moves nothing. Returns (version, created)."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -94,8 +96,9 @@ def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool
                                     tags={TAG_DIGEST: digest, TAG_SIGNED: str(signed).lower(), **tags})
         version, created = _version(mv), True
         log.info("registered %s as version %s of '%s'", bundle, version.version, name)
-    move_alias(uri, name, alias, version.version, audit_path,
-               {"action": "register", "digest": digest, "git_commit": git_commit})
+    if alias is not None:
+        move_alias(uri, name, alias, version.version, audit_path,
+                   {"action": "register", "digest": digest, "git_commit": git_commit})
     return version, created
 
 
@@ -299,14 +302,37 @@ def check_champion_unset(uri: str, name: str, audit_path: str | Path) -> None:
                         f"it: restore it with `python scripts/approve.py {name} {version} --by <you> --force`")
 
 
-def check_registered(challenger: Version | None, register_metrics: str | Path) -> None:
-    """The `challenger` alias must point at the version the register stage reported, or
-    the registry changed behind this workspace's back (another run, a hand edit)."""
-    reported = json.loads(Path(register_metrics).read_text(encoding="utf-8"))
+def registered_version(uri: str, marker: str | Path) -> Version:
+    """The version the register stage of this workspace registered (its marker file), in
+    the store it was registered into; another store (a fresh clone, a deleted mlflow.db)
+    is an error that says how to register there."""
+    reported = json.loads(Path(marker).read_text(encoding="utf-8"))
     name, version = reported["name"], str(reported["version"])
+    from mlflow.exceptions import MlflowException
+
+    fix = "run `dvc repro -f register` to register this workspace's bundle there"
+    try:
+        found = identity(uri, name)
+    except MlflowException as e:
+        if not _missing(e):
+            raise
+        raise RegistryError(f"{marker} says version {version} of '{name}' was registered, but {uri} has no model "
+                            f"'{name}' (a fresh clone or a new store): {fix}") from e
+    if reported.get("registry") != found:
+        raise RegistryError(f"{marker} says version {version} of '{name}' was registered in another store "
+                            f"(registered model {reported.get('registry')}; {uri} holds {found}): {fix}")
+    return get_version(uri, name, version)
+
+
+def check_registered(challenger: Version | None, uri: str, marker: str | Path) -> None:
+    """The `challenger` alias must point at the version the register stage reported, in
+    the store it registered into, or the registry changed behind this workspace's back
+    (another run, a hand edit, a new store)."""
+    registered = registered_version(uri, marker)
+    name, version = registered.name, registered.version
     if challenger is None:
         raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro register` first")
     if challenger.version != version:
         raise RegistryError(f"alias '{CHALLENGER}' of '{name}' is version {challenger.version}, but this workspace "
-                            f"registered version {version} ({register_metrics}): another run moved it; run "
+                            f"registered version {version} ({marker}): another run moved it; run "
                             "`dvc repro -f register` to point it back at this workspace's bundle")

@@ -1,7 +1,7 @@
 """A resumable HF Trainer wrapper shared by the training stages.
 
-Checkpoints go to a persisted folder (`checkpoints/<stage>`, DVC `persist: true`)
-with a fingerprint of everything that shapes the run (params, data, tokenizer).
+Checkpoints go to `checkpoints/<stage>` (git-ignored, and not a DVC output: a resume
+aid whose absence must not make a stage look changed), with a fingerprint of everything that shapes the run (params, data, tokenizer).
 Re-running after an interruption resumes from the last checkpoint when the
 fingerprint matches, and starts afresh (clearing stale checkpoints) when it does not.
 Per-step loss, learning rate and tokens/s go to a dvclive folder for `dvc plots`.
@@ -55,8 +55,7 @@ def resume_point(checkpoint_dir: Path, run_fingerprint: str) -> str | None:
 
 
 def clear_checkpoints(checkpoint_dir: Path) -> None:
-    """After a completed run the checkpoints have done their job; the marker stays so
-    the (persisted, DVC-declared) folder exists."""
+    """After a completed run the checkpoints have done their job; the fingerprint marker stays."""
     for child in checkpoint_dir.glob("checkpoint-*"):
         shutil.rmtree(child)
 
