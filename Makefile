@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 plots: $(STAMP)
-	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
+	$(BIN)/dvc plots show
 
 check-params: $(STAMP)
 	$(BIN)/python scripts/check_params.py

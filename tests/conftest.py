@@ -119,3 +119,41 @@ def copy_repo(dest: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict) -> tuple[str, str]:
+    """Run a command; fail the test with its output's tail unless it exits 0."""
+    import subprocess
+
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout, result.stderr
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory) -> tuple[Path, str]:
+    """The repository's tracked files with smoke params, a git repo whose first commit is
+    the code and second the outputs of a full `dvc repro` (DVC cache and MLflow store
+    included). Built once per session; tests work on copies (`pipeline_copy`), never on it.
+    Returns (root, the repro's output)."""
+    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    write_params(root / "params.yaml", smoke_params())
+    env = {**venv_env(), **GIT_ENV}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "smoke"]):
+        run_ok(cmd, root, env)
+    out, err = run_ok(["dvc", "repro"], root, env)
+    run_ok(["git", "add", "-A"], root, env)
+    run_ok(["git", "commit", "-qm", "pipeline outputs"], root, env)
+    return root, out + err
+
+
+def pipeline_copy(smoke_pipeline, dest: Path) -> tuple[Path, dict]:
+    """A copy of the session's reproduced pipeline (git history, DVC cache, MLflow store) and
+    the environment to run git and dvc in it. MLflow's artifact paths still point into the
+    original's folder, which only grows."""
+    root = shutil.copytree(smoke_pipeline[0], dest / "repo", symlinks=True)
+    return root, {**venv_env(), **GIT_ENV}

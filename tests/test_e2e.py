@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from spark_trainer.tracking import lock_deps_hash
-from tests.conftest import copy_repo, smoke_params, venv_env, write_params
+from tests.conftest import pipeline_copy, run_ok
 
 pytestmark = pytest.mark.e2e
 METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
@@ -29,22 +29,13 @@ STAGES = tuple(METRICS)
 MODEL = "spark-trainer-arithmetic"
 
 
-def _run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout, result.stderr
+_run = run_ok
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = copy_repo(tmp_path_factory.mktemp("clone"))
-    write_params(root / "params.yaml", smoke_params())
-    env = {**venv_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "smoke"]):
-        _run(cmd, root, env)
-    out, err = _run(["dvc", "repro"], root, env)
-    return root, env, out + err
+def repo(smoke_pipeline, tmp_path_factory):
+    root, env = pipeline_copy(smoke_pipeline, tmp_path_factory.mktemp("e2e"))
+    return root, env, smoke_pipeline[1]
 
 
 def test_repro_runs_every_stage_and_writes_outputs(repo):
@@ -117,6 +108,17 @@ def test_stage_runs_are_mirrored_and_linked(repo, monkeypatch):
     assert client.get_metric_history(by_stage["train"].info.run_id, "train/loss")
 
 
+def test_plots_show_and_diff_render_offline(repo):
+    """`.dvc/config` names the inlined template: neither page loads a script from the network."""
+    root, env, _ = repo
+    _run(["python", "scripts/build_plots_template.py", "build/vega_offline.html"], root, env)
+    for command in ("show", "diff"):
+        _run(["dvc", "plots", command, "-o", f"dvc_plots_{command}"], root, env)
+        page = (root / f"dvc_plots_{command}/index.html").read_text()
+        assert not re.search(r"<script[^>]*\bsrc=", page), command
+        assert "vegaEmbed" in page and "loss" in page, command
+
+
 def test_second_repro_does_nothing(repo):
     root, env, _ = repo
     assert "Data and pipelines are up to date" in "".join(_run(["dvc", "repro"], root, env))
@@ -158,8 +160,6 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     their MLflow runs carry the experiment's name, and neither moves an alias of the shared
     registry, whatever its canary decides."""
     root, env, _ = repo
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "pipeline outputs"], root, env)
     aliases = {a: _alias(root, a) for a in ("champion", "challenger")}
     audit = (root / "registry/promotions.jsonl").read_bytes()
     rank8 = json.loads((root / "metrics/lora/arithmetic.json").read_text())["trainable_parameters"]
@@ -204,6 +204,21 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     head = _run(["git", "rev-parse", "HEAD"], root, env)[0].strip()
     assert runs[0].data.tags["dvc.exp_baseline_rev"] == head
     assert client.get_model_version(MODEL, "2").tags["dvc.exp_name"] == "q-rank4"
+
+
+def test_an_optuna_search_runs_its_trials_as_experiments_and_resumes(repo):
+    """3 trials of configs/search/quantize.yaml as `dvc exp run --temp` experiments: stopped
+    after 2, the same command resumes the study to 3; `dvc exp show` lists every trial."""
+    root, env, _ = repo
+    space = "configs/search/quantize.yaml"
+    _run(["python", "scripts/search.py", space, "--trials", "2"], root, env)
+    out, _ = _run(["python", "scripts/search.py", space], root, env)
+    names = [f"quantize-agreement-trial-{i}" for i in range(3)]
+    assert all(name in out for name in names) and "dvc exp apply quantize-agreement-trial-" in out, out
+    exps = _experiments(root, env)
+    for name in names:
+        assert 0.0 <= exps[name]["metrics/quantize.json"]["greedy_token_agreement"] <= 1.0, name
+    assert _run(["git", "status", "--porcelain", "--untracked-files=no"], root, env)[0] == ""  # workspace untouched
 
 
 def test_experiment_with_a_changed_param(repo):
