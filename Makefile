@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 # dvc runs each stage's `python ...` through the shell: it must find the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test plots check-params constraints clean-venv
+.PHONY: setup repro test plots review check-params constraints clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +37,19 @@ test: $(STAMP)
 
 plots: $(STAMP)
 	$(BIN)/dvc plots show
+
+# `make review [SORT=<metric or param>] [ORDER=asc]`: every experiment of HEAD in one table of
+# the params a reviewer compares (full dotted names: `alpha` alone would match distill's
+# metric) and the headline metrics (stages/headline.py). Markdown, so no cell is cut to `…`
+# at any terminal width. For one change in detail: scripts/review.py.
+SORT ?= mmlu_lora_arithmetic_continuation_acc
+ORDER ?= desc
+REVIEW_PARAMS := train\.learning_rate|train\.max_steps|lora\.rank|quantize\.method|distill\.alpha|canary_promote\.analysis\.alpha
+REVIEW_METRICS := train_val_loss|mmlu_[a-z_]+_continuation_acc|lora_arithmetic_target_gain|quantize_greedy_agreement|quantize_val_perplexity_change|distill_perplexity_ratio|safety_pass_rate|canary_decision|coco_cider_d|quality_kept_fraction
+
+review: $(STAMP)
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '(Experiment|(params\.yaml:)?($(REVIEW_PARAMS))|(metrics/headline\.json:)?($(REVIEW_METRICS)))$$' \
+	  --sort-by '$(SORT)' --sort-order $(ORDER)
 
 check-params: $(STAMP)
 	$(BIN)/python scripts/check_params.py

@@ -55,6 +55,13 @@ def with_value(dotted: str, value: str) -> tuple[str, dict]:
         for key in ("checkpoint", "huggingface_config_path"):
             if raw["toxicity"][key] == "" and value != "":
                 raw["toxicity"][key] = f"{EXTERNAL_DIR}/detoxify/{key}"
+    # A checkpoint file is pinned by its sha256 (checked when it is loaded).
+    for pinned in ("quality_gates.toxicity", "ingest_video.transcription"):
+        if dotted.startswith(pinned + ".") and value != "":
+            node = raw
+            for part in pinned.split(".")[1:]:
+                node = node[part]
+            node["checkpoint_sha256"] = "0" * 64
     return section, raw
 
 
@@ -98,7 +105,8 @@ def test_dep_params_refuse_hub_ids(dotted, value):
 
 
 def test_detoxify_checkpoint_needs_its_config_folder():
-    raw = deep_merge(repo_params()["quality_gates"], {"toxicity": {"checkpoint": f"{EXTERNAL_DIR}/detoxify/t.ckpt"}})
+    raw = deep_merge(repo_params()["quality_gates"], {"toxicity": {"checkpoint": f"{EXTERNAL_DIR}/detoxify/t.ckpt",
+                                                                   "checkpoint_sha256": "0" * 64}})
     with pytest.raises(ParamsError, match="checkpoint and huggingface_config_path go together"):
         validate_section("quality_gates", raw)
 

@@ -28,20 +28,20 @@ class UnsupportedContainer(Exception):
     """The file's extension names no allowed container format."""
 
 
-def av_format(path: Path) -> str:
+def _allowed(path: Path, formats: dict[str, str], kind: str) -> str:
     try:
-        return AV_FORMATS[path.suffix.lower()]
+        return formats[path.suffix.lower()]
     except KeyError:
-        raise UnsupportedContainer(f"extension '{path.suffix}' has no allowed container format "
-                                   f"(allowed: {', '.join(AV_FORMATS)})") from None
+        raise UnsupportedContainer(f"extension '{path.suffix}' has no allowed {kind} format "
+                                   f"(allowed: {', '.join(formats)})") from None
+
+
+def av_format(path: Path) -> str:
+    return _allowed(path, AV_FORMATS, "container")
 
 
 def image_format(path: Path) -> str:
-    try:
-        return IMAGE_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise UnsupportedContainer(f"extension '{path.suffix}' has no allowed image format "
-                                   f"(allowed: {', '.join(IMAGE_FORMATS)})") from None
+    return _allowed(path, IMAGE_FORMATS, "image")
 
 
 def open_file(path: Path) -> BinaryIO:
