@@ -243,3 +243,52 @@ def test_serve_refuses_a_pickle_bundle_before_loading_it(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=REPO, check=False, timeout=120)
     assert result.returncode != 0 and "refusing to serve" in result.stderr
     assert "pickle-format" in result.stderr and not marker.exists()
+
+
+def evil_bundle(tmp_path, kind: str):
+    """A bundle that would run code when loaded (pickle) or read outside itself (symlink)."""
+    marker = tmp_path / "ran"
+    if kind == "pickle":
+        return bundle(tmp_path, {"dynamic_int8_state_dict.pt": pickle.dumps(Payload(str(marker)))}), marker
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(pickle.dumps(Payload(str(marker))))
+    root = bundle(tmp_path)
+    (root / "dynamic_int8.safetensors").symlink_to(outside)
+    return root, marker
+
+
+@pytest.mark.parametrize("kind", ["pickle", "symlink"])
+def test_verify_register_canary_and_serve_all_refuse_an_evil_bundle(tmp_path, kind, monkeypatch):
+    """Every door a bundle comes in through: scripts/verify_bundle.py, the register stage,
+    the registry fetch the canary loads its models with, and serve. None runs the payload."""
+    from spark_trainer.params import RegisterParams
+    from spark_trainer.registry import model_registry
+
+    root, marker = evil_bundle(tmp_path, kind)
+    problem = "a pickle-format file" if kind == "pickle" else "a symlink"
+    run = {"cwd": REPO, "capture_output": True, "text": True, "env": venv_env(), "check": False, "timeout": 300}
+
+    verify = subprocess.run([sys.executable, "scripts/verify_bundle.py", str(root)], **run)
+    assert verify.returncode == 1 and problem in verify.stderr
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    register = subprocess.run([sys.executable, str(REPO / "stages/register.py"), str(root), "metrics/register.json",
+                               "registry/registered.json", "registry/promotions.jsonl"], **{**run, "cwd": project})
+    assert register.returncode == 2 and "refusing to register" in register.stderr and problem in register.stderr
+    assert not (project / "registry/registered.json").exists()
+
+    # Someone with write access to the registry puts the bundle there directly; the canary
+    # (and serve --alias) fetch it through fetch_verified, which refuses it before loading.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    version, _ = model_registry.register_bundle(uri, "evil", root, signing.verify_bundle(root).digest, False, {},
+                                                "t", None, tmp_path / "audit.jsonl", "none")
+    policy = RegisterParams(model_name="evil", allow_unsigned=True, trusted_public_keys=(), alias="challenger")
+    with pytest.raises(BundleError, match="does not verify"):
+        model_registry.fetch_verified(uri, version, policy)
+
+    serve = subprocess.run([sys.executable, "scripts/serve.py", "--bundle", f"evil={root}", "--port", "1"], **run)
+    assert serve.returncode != 0 and "refusing to serve" in serve.stderr and problem in serve.stderr
+    assert not marker.exists()
