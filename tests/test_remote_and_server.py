@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -136,9 +136,9 @@ def _assert_no_credentials_in_config(root: Path) -> None:
 @dataclass(frozen=True)
 class Pushed:
     root: Path
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # holds the credentials: kept out of pytest's failure report
     endpoint: str
-    hashes: dict[str, str]
+    hashes: dict[str, str] = field(repr=False)
 
 
 # --------------------------------------------------------------------------- DVC remote on S3
