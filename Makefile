@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python scripts/build_plots_template.py $(PLOTS_TEMPLATE)
 	touch $(STAMP)
 
+# One pipeline run id for the repro and the sync after it: stages DVC restored from its run
+# cache (their commands did not run) are mirrored into the same MLflow parent run.
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	run=$$($(BIN)/python -c "import uuid; print(uuid.uuid4().hex[:16])"); \
+	SPARK_TRAINER_PIPELINE_RUN=$$run $(BIN)/dvc repro && \
+	SPARK_TRAINER_PIPELINE_RUN=$$run $(BIN)/python scripts/sync_mlflow.py --quiet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

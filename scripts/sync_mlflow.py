@@ -2,8 +2,10 @@
 
     python scripts/sync_mlflow.py
 
-Use it after stages ran while the tracking server was unreachable. The deps hash tag
-comes from dvc.lock, so it matches the tag a stage writes when it mirrors itself.
+Use it after stages ran while the tracking server was unreachable, or after a `dvc repro`
+in which DVC restored stages from its run cache (`make repro` runs it for you). Only
+stages whose current deps hash (from dvc.lock, the tag a stage writes when it mirrors
+itself) has no run yet are mirrored: running it twice adds nothing.
 """
 
 import argparse
@@ -14,9 +16,12 @@ from spark_trainer.stage import entrypoint
 
 @entrypoint
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quiet", action="store_true", help="print only the stages it mirrored")
+    args = parser.parse_args()
     for stage, outcome in tracking.sync_all().items():
-        print(f"{stage}: {outcome}")
+        if not args.quiet or outcome.startswith("run "):
+            print(f"{stage}: {outcome}")
 
 
 if __name__ == "__main__":

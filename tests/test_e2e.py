@@ -22,7 +22,7 @@ METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
            "package": "metrics/package.json", "register": "metrics/register.json",
            "canary_promote": "metrics/canary_promote.json",
            "ingest_video": "metrics/ingest_video.json", "train_captioner": "metrics/train_captioner.json",
-           "evaluate_coco": "metrics/evaluate_coco.json",
+           "evaluate_coco": "metrics/evaluate_coco.json", "headline": "metrics/headline.json",
            **{f"evaluate_mmlu@{m}": f"metrics/evaluate_mmlu/{m}.json"
               for m in ("base", "lora_arithmetic", "lora_world_facts", "quantized", "distilled")}}
 STAGES = tuple(METRICS)

@@ -157,6 +157,14 @@ def test_signed_bundle_registers_once_and_becomes_first_champion(first_champion,
     assert first["signer"] == metrics(project, "package")["signer"] and first["signer"].startswith("sha256:")
     ok(stage(project, "register"))  # the same digest again: the same version
     assert metrics(project, "register") == first
+    # The version links to the run that logged its bundle, which holds the evaluation numbers as metrics.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version(NAME, "1")
+    numbers = client.get_run(version.run_id).data.metrics
+    tagged = {k.removeprefix("metric."): float(v) for k, v in version.tags.items() if k.startswith("metric.")}
+    assert tagged and numbers == tagged
 
     result = metrics(project, "canary_promote")
     assert result["champion_version"] is None and result["decision"] == "Successful"

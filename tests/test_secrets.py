@@ -33,7 +33,8 @@ def _canary_section(**endpoints):
 
 def _only_run(uri):
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id])
+    (run,) = [r for r in runs if "spark_trainer.stage" in r.data.tags]  # not the pipeline's parent run
     return run
 
 

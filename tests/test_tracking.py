@@ -9,10 +9,12 @@ from spark_trainer.errors import TrackingError
 from spark_trainer.params import load_section
 
 
-def _runs(project):
+def _runs(project, kind="stage"):
+    """The stage runs (kind "stage") or the pipeline parent runs (kind "pipeline")."""
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("spark-trainer")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if (r.data.tags.get(tracking.TAG_KIND) == "pipeline") == (kind == "pipeline")]
 
 
 def _stage_files(project):
@@ -83,6 +85,66 @@ def test_sync_mirrors_metrics_with_the_lock_deps_hash(project):
     assert run.data.tags["spark_trainer.mirrored_by"] == "sync"
     assert run.data.tags["dvc.deps_hash"] == tracking.deps_hash_from_entries([{"path": "x.py", "md5": "0123"}])
     assert run.data.metrics["val_loss"] == 1.25
+
+
+def test_stages_of_one_pipeline_nest_under_one_parent_with_source_tags(project, monkeypatch):
+    metrics, _ = _stage_files(project)
+    (project / "metrics/canary.json").write_text(json.dumps({
+        "decision": "Successful", "status": "promoted",
+        "steps": [{"traffic_percent": 10, "metrics": {"accuracy": {"challenger": 0.25, "verdict": "pass"}}}]}))
+    monkeypatch.setenv("SPARK_TRAINER_PIPELINE_RUN", "pipe-7")
+    tracking.mirror_stage("train", load_section("train"), metrics, deps_hash="a")
+    tracking.mirror_stage("canary_promote", load_section("train"), project / "metrics/canary.json",
+                          deps_hash="b")
+    (parent,) = _runs(project, "pipeline")
+    runs = {r.data.tags["spark_trainer.stage"]: r for r in _runs(project)}
+    assert set(runs) == {"train", "canary_promote"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert parent.data.tags["spark_trainer.pipeline_run"] == "pipe-7"
+    assert runs["train"].data.tags["mlflow.source.name"] == "stages/train.py"
+    canary = runs["canary_promote"].data
+    assert (canary.tags["result.decision"], canary.tags["result.status"]) == ("Successful", "promoted")
+    assert canary.metrics["steps.0.metrics.accuracy.challenger"] == 0.25
+    # A second pipeline execution gets a parent of its own.
+    monkeypatch.setenv("SPARK_TRAINER_PIPELINE_RUN", "pipe-8")
+    tracking.mirror_stage("train", load_section("train"), metrics, deps_hash="a")
+    assert len(_runs(project, "pipeline")) == 2
+
+
+def test_git_dirty_ignores_what_the_pipeline_itself_rewrites(project):
+    import subprocess
+
+    from tests.conftest import GIT_ENV, run_ok, venv_env
+
+    env = {**venv_env(), **GIT_ENV}
+    _stage_files(project)
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: python x.py\n    outs:\n"
+                                      "    - path: metrics/train.json\n      md5: 1\n")
+    (project / "code.py").write_text("x = 1\n")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "c"]):
+        run_ok(cmd, project, env)
+    assert tracking.git_tags()["git.dirty"] == "false"
+    (project / "metrics/train.json").write_text("{}")
+    (project / "dvc.lock").write_text((project / "dvc.lock").read_text() + "\n")
+    assert tracking.git_tags()["git.dirty"] == "false"  # a stage rewrote its outputs and dvc.lock
+    (project / "code.py").write_text("x = 2\n")
+    assert tracking.git_tags()["git.dirty"] == "true"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert tracking.git_tags()["mlflow.source.git.commit"] == head
+
+
+def test_sync_twice_adds_no_duplicate_runs(project):
+    from dvc.repo import Repo
+
+    metrics, _ = _stage_files(project)
+    Repo.init(str(project), no_scm=True)
+    (project / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python x.py\n    metrics:\n    - metrics/train.json:\n        cache: false\n")
+    (project / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: python x.py\n    deps:\n    - path: x.py\n      md5: 0123\n")
+    assert tracking.sync_all()["train"].startswith("run ")
+    assert tracking.sync_all()["train"].startswith("already mirrored: run ")
+    assert len(_runs(project)) == 1
 
 
 def test_flatten_numbers_keeps_numeric_leaves():

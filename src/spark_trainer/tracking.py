@@ -9,9 +9,17 @@ and the stage succeeds (metrics stay in `metrics/`), unless `tracking.strict` is
 Each run carries: the stage's params section (flattened; credentials and URLs redacted
 by `param_for_mlflow`), the numbers of its metrics JSON (under the valid MLflow names
 `mlflow_names` gives them), per-step training metrics from its dvclive folder, its files
-as artifacts, and tags: stage, git commit, DVC experiment name (under `dvc exp run`), the
+as artifacts, its top-level text results (a decision, a backend) as `result.<key>` tags,
+and tags: stage, git commit (also as MLflow's own source tags, so the UI's Source and
+Version columns show them), DVC experiment name and baseline (under `dvc exp run`), the
 hash of the stage's deps as DVC records them in dvc.lock, and a pipeline-run id shared by
-every stage that one `dvc repro` / `dvc exp run` executed.
+every stage that one `dvc repro` / `dvc exp run` executed. Each stage run is nested under
+one parent run per pipeline execution.
+
+`sync_all` (scripts/sync_mlflow.py) mirrors only stages whose current deps hash has no run
+yet: running it twice adds nothing, and after a `dvc repro` in which DVC restored stages
+from its run cache (their commands did not run, so they did not mirror themselves) it adds
+exactly those, tagged `spark_trainer.mirrored_by: sync`.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ TAG_DVC_EXP = "dvc.exp_name"
 TAG_DVC_BASELINE = "dvc.exp_baseline_rev"
 TAG_DEPS_HASH = "dvc.deps_hash"
 TAG_SOURCE = "spark_trainer.mirrored_by"
+TAG_KIND = "spark_trainer.kind"  # "pipeline" on the parent run of one pipeline execution
 
 REDACTED = "<redacted>"
 # Key words that mark a param as a credential ("max_new_tokens" matches too, but only a
@@ -140,17 +149,22 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
 
-    tags = {TAG_STAGE: stage, TAG_SOURCE: mirrored_by, TAG_PIPELINE_RUN: pipeline_run_id(), **git_tags(),
-            **dvc_experiment()}
+    pipeline = pipeline_run_id()
+    common = {TAG_PIPELINE_RUN: pipeline, **git_tags(), **dvc_experiment()}
+    tags = {TAG_STAGE: stage, TAG_SOURCE: mirrored_by, **common,
+            "mlflow.parentRunId": _pipeline_parent(client, experiment_id, pipeline, common),
+            "mlflow.source.name": f"stages/{stage.split('@')[0]}.py", "mlflow.source.type": "LOCAL"}
     if deps_hash:
         tags[TAG_DEPS_HASH] = deps_hash
+    data = _read_json(metrics_path)
+    tags.update({f"result.{k}": str(v)[:5000] for k, v in sorted(data.items()) if isinstance(v, str)})
     run = client.create_run(experiment_id, run_name=stage, tags=tags)
     run_id = run.info.run_id
 
     flat = as_flat_dict(section, stage.split("@")[0])
     keys = sorted(flat)
     params = [Param(name, param_for_mlflow(k, flat[k])) for k, name in zip(keys, mlflow_names(keys), strict=True)]
-    metrics = [Metric(k, v, 0, 0) for k, v in sorted(flatten_numbers(_read_json(metrics_path)).items())]
+    metrics = [Metric(k, v, 0, 0) for k, v in sorted(flatten_numbers(data).items())]
     if step_metrics_dir:
         metrics += read_step_metrics(step_metrics_dir)
     for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
@@ -166,6 +180,23 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
             client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def _pipeline_parent(client, experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
+    """The run id of the parent run of pipeline execution `pipeline`, created by its first
+    stage (a run named `pipeline <id>`); every stage run is nested under it."""
+    from mlflow.entities import ViewType
+
+    found = client.search_runs([experiment_id], f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline}' and "
+                               f"tags.`{TAG_KIND}` = 'pipeline'", run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
+    if found:
+        return found[0].info.run_id
+    name = f"pipeline {tags.get(TAG_DVC_EXP) or pipeline[:12]}"
+    parent = client.create_run(experiment_id, run_name=name, tags={**tags, TAG_KIND: "pipeline",
+                                                                   "mlflow.source.name": "dvc.yaml",
+                                                                   "mlflow.source.type": "LOCAL"})
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
 
 
 def _check_reachable(uri: str, timeout: float) -> None:
@@ -243,6 +274,9 @@ def _numeric_leaves(data: Any, prefix: str) -> Iterable[tuple[str, float]]:
     if isinstance(data, dict):
         for k, v in data.items():
             yield from _numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        for i, v in enumerate(data):  # a list of records (the canary's steps): one key per record
+            yield from _numeric_leaves(v, f"{prefix}.{i}")
     elif isinstance(data, (bool, int, float)):
         yield prefix, float(data)
 
@@ -321,13 +355,41 @@ def read_step_metrics(live_dir: str | Path) -> list:
 
 
 def git_tags() -> dict[str, str]:
+    """The commit, in our tag and MLflow's own (the UI's Version column), and whether the
+    work tree differs from it in files other than pipeline outputs: a stage rewriting
+    dvc.lock or a metrics file does not make the next stage's run look dirty."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {TAG_GIT_COMMIT: "unknown"}
-    return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: str(bool(dirty)).lower()}
+    outputs = pipeline_outputs()
+    entries, paths = iter(changed.split("\0")), []
+    for entry in entries:
+        if len(entry) > 3:
+            paths.append(entry[3:])
+            if entry[0] in "RC":  # a rename or copy: its source path follows as its own entry
+                paths.append(next(entries, ""))
+    dirty = any(path and not _under(path, outputs) for path in paths)
+    return {TAG_GIT_COMMIT: commit, "mlflow.source.git.commit": commit, TAG_GIT_DIRTY: str(dirty).lower()}
+
+
+def pipeline_outputs(lock_path: str | Path = "dvc.lock") -> set[str]:
+    """dvc.lock itself and every output path it records (the git-tracked ones among them
+    are metrics, plots, reports and the audit log, which stages rewrite)."""
+    outputs = {"dvc.lock"}
+    if Path(lock_path).is_file():
+        import yaml
+
+        with Path(lock_path).open(encoding="utf-8") as f:
+            stages = (yaml.load(f, Loader=yaml.BaseLoader) or {}).get("stages") or {}
+        outputs |= {out["path"] for entry in stages.values() for out in entry.get("outs", []) if "path" in out}
+    return outputs
+
+
+def _under(path: str, outputs: set[str]) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outputs)
 
 
 def pipeline_run_id() -> str:
@@ -395,9 +457,9 @@ def current_deps_hash(stage: str) -> str | None:
 
 
 def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
-    """Mirror every stage's metrics file into MLflow (one run per stage, `foreach`
-    stages included), for stages that ran while the tracking server was down.
-    Returns {stage: outcome}."""
+    """Mirror into MLflow every stage (`foreach` stages included) whose current deps hash
+    (dvc.lock) has no run yet: stages that ran while the tracking server was down, or that
+    DVC restored from its run cache. Running it twice adds nothing. Returns {stage: outcome}."""
     from dvc.repo import Repo
 
     from spark_trainer.params import SECTIONS, load_section
@@ -415,9 +477,33 @@ def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
         if not Path(metrics[0]).is_file():
             outcome[stage] = f"skipped: {metrics[0]} not found (run `dvc repro {stage}`)"
             continue
+        deps_hash = lock_deps_hash(stage) or ""
+        existing = _mirrored_run(settings, stage, deps_hash)
+        if existing:
+            outcome[stage] = f"already mirrored: run {existing}"
+            continue
         live_dirs = [Path(p).parent.parent for p in plots if Path(p).parts[-2:] == ("plots", "metrics")]
         run_id = mirror_stage(stage, load_section(section, params_path), metrics[0], settings=settings,
                               step_metrics_dir=live_dirs[0] if live_dirs else None, mirrored_by="sync",
-                              deps_hash=lock_deps_hash(stage) or "")
+                              deps_hash=deps_hash)
         outcome[stage] = f"run {run_id}" if run_id else "failed (see warning)"
     return outcome
+
+
+def _mirrored_run(settings: TrackingParams, stage: str, deps_hash: str) -> str | None:
+    """The id of a run that already mirrors `stage` at `deps_hash`, if any (None when the
+    store cannot be asked: mirroring then reports why)."""
+    if not deps_hash:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri(settings))
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], f"tags.`{TAG_STAGE}` = '{stage}' and "
+                                  f"tags.`{TAG_DEPS_HASH}` = '{deps_hash}'", max_results=1)
+    except _tracking_errors():
+        return None
+    return runs[0].info.run_id if runs else None

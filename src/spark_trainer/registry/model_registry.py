@@ -89,6 +89,12 @@ def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool
         exp = c.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
         run = c.create_run(exp_id, run_name=f"register {name}", tags={TAG_DIGEST: digest, **tags})
+        # The headline evaluation numbers as metrics of the run the version links to, so the
+        # registry UI shows them as numbers, not only as the version's string tags.
+        from mlflow.entities import Metric
+
+        c.log_batch(run.info.run_id, metrics=[Metric(k.removeprefix("metric."), float(v), 0, 0)
+                                              for k, v in sorted(tags.items()) if k.startswith("metric.")])
         c.log_artifacts(run.info.run_id, str(bundle), artifact_path="bundle")
         c.set_terminated(run.info.run_id)
         source = c.get_run(run.info.run_id).info.artifact_uri.rstrip("/") + "/bundle"
