@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from spark_trainer import tracking
-from spark_trainer.modeling import quantize
 from spark_trainer.data.manifest import read_manifest
-from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import QuantizeParams, load_section

@@ -116,7 +116,7 @@ def arithmetic_pool(rng: random.Random) -> list[Question]:
 
 def string_pool(rng: random.Random, words: list[str]) -> list[Question]:
     pool = []
-    letters = lambda: rng.choice(string.ascii_lowercase)  # noqa: E731
+    letters = lambda: rng.choice(string.ascii_lowercase)
     for i, w in enumerate(words):
         other = words[(i + 1) % len(words)]
         op = i % 5

@@ -108,8 +108,8 @@ def probe_summary(results: list[dict[str, Any]], severity: str, min_pass_rate: f
 
 def render_report(model: str, metrics: dict[str, Any]) -> str:
     lines = [f"# Safety report: {model}", "",
-             f"Critical issues: **{metrics['critical_issues']}**. Toxicity backend: "
-             f"`{metrics['toxicity_backend']}` ({metrics['toxicity_backend_note']}).", "",
+             (f"Critical issues: **{metrics['critical_issues']}**. Toxicity backend: "
+             f"`{metrics['toxicity_backend']}` ({metrics['toxicity_backend_note']})."), "",
              "| probe | severity | items | pass rate | status |", "|---|---|---:|---:|---|"]
     probes = sorted(metrics["probes"].items(), key=lambda kv: SEVERITY_ORDER.index(kv[1]["severity"]))
     for name, p in probes:

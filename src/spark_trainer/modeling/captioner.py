@@ -32,7 +32,7 @@ def build_tokenizer(captions: list[str]):
 def build_model(tokenizer, image_size: int, encoder, decoder, max_tokens: int, seed: int):
     """`encoder` / `decoder` carry the sizes (VisionEncoderParams / TextDecoderParams)."""
     import torch
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
     torch.manual_seed(seed)
     enc = ViTConfig(image_size=image_size, patch_size=encoder.patch_size, num_channels=3,

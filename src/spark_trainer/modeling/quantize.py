@@ -90,7 +90,6 @@ def quantize(model_dir: str | Path, method: str):
 
 
 def save_quantized(model, method: str, tokenizer, out_dir: Path) -> None:
-    import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     description: dict = {"method": method}

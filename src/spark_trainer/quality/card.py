@@ -30,8 +30,8 @@ def render(card: CardParams, splits: dict[str, list[dict]], metrics: dict[str, A
                      "data_files": [{"split": s, "path": f"{s}.jsonl"} for s in SPLITS]}],
     }
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "", f"# {card.pretty_name}", "",
-             f"{total} text items after the quality gates, in the manifest schema (text in `text`, subject in "
-             "`metadata.subject`, sha256 checksum and lineage on every line).", "", "## Statistics", ""]
+             (f"{total} text items after the quality gates, in the manifest schema (text in `text`, subject in "
+             "`metadata.subject`, sha256 checksum and lineage on every line)."), "", "## Statistics", ""]
     subjects = sorted({it["metadata"]["subject"] for v in splits.values() for it in v})
     lines += ["| split | items | mean chars | " + " | ".join(subjects) + " |",
               "|---|---:|---:|" + "---:|" * len(subjects)]
@@ -54,7 +54,7 @@ def render(card: CardParams, splits: dict[str, list[dict]], metrics: dict[str, A
     if metrics.get("ground_truth"):
         lines += ["", "## Measured against planted labels", "", "| gate | precision | recall |", "|---|---:|---:|"]
         for name, m in metrics["ground_truth"].items():
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"
             lines.append(f"| {name} | {fmt(m['precision'])} | {fmt(m['recall'])} |")
     lines += ["", "## Known limitations", ""] + [f"- {item}" for item in limitations] + [""]
     return "\n".join(lines)

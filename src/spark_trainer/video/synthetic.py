@@ -109,9 +109,9 @@ def encode_video(path: Path, scenes: list[Scene], fps: int, scene_frames: int, s
     """MPEG-4 Part 2 video (+ AAC audio) in MP4 with the index up front (faststart), so a
     truncated copy still opens and its truncation shows when it is decoded. Every scene
     starts on a keyframe, as in edited footage."""
-    import av
-
     from fractions import Fraction
+
+    import av
 
     bitexact = {"fflags": "+bitexact", "movflags": "+faststart"}
     with av.open(str(path), "w", format="mp4", options={}, container_options=bitexact) as container:
