@@ -113,3 +113,19 @@ def test_a_trial_without_the_objective_is_failed_with_the_reason(tmp_path):
                           reader=lambda repo, name: {"metrics/quantize.json": {"other": 1.0}})
     assert study.trials[0].state.name == "FAIL"
     assert "has no number at 'greedy_token_agreement'" in study.trials[0].user_attrs["error"]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["lora.rnk=4,8"], "lora.rnk: unknown key (did you mean 'rank'?)"),
+    (["lora.rank=4,-8"], "lora.rank: Input should be greater than or equal to 1"),
+    (["lora.rank"], "expected key=value or key=v1,v2"),
+])
+def test_a_sweep_with_a_bad_key_or_value_queues_nothing(sets, message):
+    import subprocess
+    import sys
+
+    from tests.conftest import venv_env
+
+    cmd = [sys.executable, "scripts/sweep.py"] + [a for s in sets for a in ("-S", s)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=venv_env(), check=False, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "queueing" not in result.stderr
