@@ -13,7 +13,6 @@ command again, resumes it. At the end the best experiment is printed with the
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,7 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.trials is not None and args.trials < 1:
         parser.error("--trials must be at least 1")
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the script logs each trial itself
     space = search.load_space(args.space)
     try:
         study = search.search(space, trials=args.trials)
