@@ -43,8 +43,9 @@ def main() -> None:
     # In a DVC experiment the analysis runs in full, but no alias moves (what it would do is
     # recorded): the challenger is the version this workspace registered, not the alias.
     experiment = tracking.dvc_experiment()
+    registered = model_registry.registered_version(uri, args.registered)  # in the store register wrote to
     if experiment:
-        challenger = model_registry.registered_version(uri, args.registered)
+        challenger = registered
     else:
         challenger = model_registry.resolve_alias(uri, name, model_registry.CHALLENGER)
         model_registry.check_registered(challenger, uri, args.registered)

@@ -120,7 +120,7 @@ def resolve_alias(uri: str, name: str, alias: str) -> Version | None:
         if _missing(e):
             known = sorted(m.name for m in c.search_registered_models())
             raise RegistryError(f"no registered model '{name}' in {uri} (known: {known or 'none'}): run "
-                                "`dvc repro register` or fix register.model_name") from e
+                                "`dvc repro -f register` or fix register.model_name") from e
         raise
     if alias not in (model.aliases or {}):
         return None
@@ -337,7 +337,7 @@ def check_registered(challenger: Version | None, uri: str, marker: str | Path) -
     registered = registered_version(uri, marker)
     name, version = registered.name, registered.version
     if challenger is None:
-        raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro register` first")
+        raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro -f register` first")
     if challenger.version != version:
         raise RegistryError(f"alias '{CHALLENGER}' of '{name}' is version {challenger.version}, but this workspace "
                             f"registered version {version} ({marker}): another run moved it; run "
