@@ -212,6 +212,8 @@ def test_an_optuna_search_runs_its_trials_as_experiments_and_resumes(repo):
     after 2, the same command resumes the study to 3; `dvc exp show` lists every trial."""
     root, env, _ = repo
     space = "configs/search/quantize.yaml"
+    status = ["git", "status", "--porcelain", "--untracked-files=no"]
+    before = _run(status, root, env)[0]
     _run(["python", "scripts/search.py", space, "--trials", "2"], root, env)
     out, _ = _run(["python", "scripts/search.py", space], root, env)
     names = [f"quantize-agreement-trial-{i}" for i in range(3)]
@@ -219,7 +221,7 @@ def test_an_optuna_search_runs_its_trials_as_experiments_and_resumes(repo):
     exps = _experiments(root, env)
     for name in names:
         assert 0.0 <= exps[name]["metrics/quantize.json"]["greedy_token_agreement"] <= 1.0, name
-    assert _run(["git", "status", "--porcelain", "--untracked-files=no"], root, env)[0] == ""  # workspace untouched
+    assert _run(status, root, env)[0] == before  # trials run in temporary copies: the workspace is untouched
 
 
 def test_experiment_with_a_changed_param(repo):
