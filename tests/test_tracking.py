@@ -182,3 +182,51 @@ def test_unreachable_server_warning_has_no_credentials(project, monkeypatch, cap
         assert tracking.mirror_stage("train", load_section("train"), metrics, deps_hash="") is None
     assert "to http://127.0.0.1:9/ failed" in caplog.text
     assert "S3cretPass" not in caplog.text and "token=abc" not in caplog.text
+
+
+def test_a_stage_restored_from_the_run_cache_joins_its_pipeline_run_through_sync(project):
+    """DVC restores a stage from its run cache without running it, so the stage cannot mirror
+    itself; `make repro` (one pipeline id for `dvc repro` and the sync after it) adds it to
+    that pipeline's parent run, and only it: its params are part of the deps hash."""
+    import shutil
+    import sys
+
+    from tests.conftest import GIT_ENV, REPO, run_ok, venv_env
+
+    shutil.copytree(REPO / "src", project / "src")  # stages import spark_trainer from the checkout
+    (project / "stage.py").write_text(
+        "import json, sys\n"
+        "from spark_trainer import tracking\n"
+        "from spark_trainer.params import load_section\n"
+        "p = load_section('train')\n"
+        "open('out.txt', 'w').write(str(p.learning_rate))\n"
+        "json.dump({'lr': p.learning_rate}, open('metrics/train.json', 'w'))\n"
+        "tracking.mirror_stage('train', p, 'metrics/train.json')\n")
+    (project / "metrics").mkdir()
+    (project / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python stage.py\n    deps: [stage.py]\n    params: [train.learning_rate]\n"
+        "    outs: [out.txt]\n    metrics:\n    - metrics/train.json:\n        cache: false\n")
+    env = {**venv_env(), **GIT_ENV, "PYTHONPATH": str(project / "src"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "c"]):
+        run_ok(cmd, project, env)
+
+    def repro(lr, pipeline):
+        params = (project / "params.yaml").read_text()
+        (project / "params.yaml").write_text(params.replace(f"learning_rate: {lr[0]}", f"learning_rate: {lr[1]}", 1))
+        out, err = run_ok(["dvc", "repro"], project, {**env, "SPARK_TRAINER_PIPELINE_RUN": pipeline})
+        run_ok([sys.executable, str(REPO / "scripts/sync_mlflow.py"), "--quiet"], project,
+               {**env, "SPARK_TRAINER_PIPELINE_RUN": pipeline})
+        return out + err
+
+    lr = load_section("train").learning_rate
+    assert "Running stage 'train'" in repro((lr, lr), "p1")
+    assert "Running stage 'train'" in repro((lr, 0.002), "p2")
+    assert "is cached - skipping run" in repro((0.002, lr), "p3")  # back to the first params: restored
+    runs = {r.data.tags["spark_trainer.pipeline_run"]: r for r in _runs(project)}
+    assert set(runs) == {"p1", "p2", "p3"}
+    assert [runs[p].data.tags["spark_trainer.mirrored_by"] for p in ("p1", "p2", "p3")] == ["stage", "stage", "sync"]
+    assert runs["p3"].data.metrics["lr"] == lr and runs["p3"].data.tags["dvc.deps_hash"] == runs["p1"].data.tags[
+        "dvc.deps_hash"] != runs["p2"].data.tags["dvc.deps_hash"]
+    parents = {r.data.tags["spark_trainer.pipeline_run"]: r.info.run_id for r in _runs(project, "pipeline")}
+    assert runs["p3"].data.tags["mlflow.parentRunId"] == parents["p3"]

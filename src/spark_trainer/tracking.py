@@ -16,10 +16,12 @@ hash of the stage's deps as DVC records them in dvc.lock, and a pipeline-run id 
 every stage that one `dvc repro` / `dvc exp run` executed. Each stage run is nested under
 one parent run per pipeline execution.
 
-`sync_all` (scripts/sync_mlflow.py) mirrors only stages whose current deps hash has no run
-yet: running it twice adds nothing, and after a `dvc repro` in which DVC restored stages
-from its run cache (their commands did not run, so they did not mirror themselves) it adds
-exactly those, tagged `spark_trainer.mirrored_by: sync`.
+`sync_all` (scripts/sync_mlflow.py) mirrors only stages whose current deps hash (file
+deps and params, as dvc.lock records them) has no run yet, so running it twice adds
+nothing. Run with the pipeline id of a `dvc repro` (`make repro` does), it looks only at
+that execution's runs: the stages DVC restored from its run cache (their commands did not
+run, so they did not mirror themselves) join its parent run, tagged
+`spark_trainer.mirrored_by: sync`.
 """
 
 from __future__ import annotations
@@ -412,9 +414,13 @@ def pipeline_run_id() -> str:
 # ------------------------------------------------------------------ DVC deps hash
 
 
-def deps_hash_from_entries(deps: list[dict[str, Any]]) -> str:
-    """sha256 over `path:hash` of each dep, the way dvc.lock lists them."""
+def deps_hash_from_entries(deps: list[dict[str, Any]], params: dict[str, Any] | None = None) -> str:
+    """sha256 over `path:hash` of each dep and `file:values` of each params file, the way
+    dvc.lock lists them: a stage's inputs, params included (a params-only change, or a
+    change back to earlier values that DVC restores from its run cache, is a new hash)."""
     lines = sorted(f"{d['path']}:{d.get('md5') or d.get('hash') or ''}" for d in deps)
+    lines += sorted(f"{file}:{json.dumps(values, sort_keys=True, default=str)}"
+                    for file, values in (params or {}).items())
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -423,18 +429,24 @@ def lock_deps_hash(stage: str, lock_path: str | Path = "dvc.lock") -> str | None
     if not Path(lock_path).is_file():
         return None
     import yaml
+    from dvc.utils.serialize import load_yaml
 
     # BaseLoader keeps every scalar a string: an all-digit md5 must not become a number.
     with Path(lock_path).open(encoding="utf-8") as f:
         entry = ((yaml.load(f, Loader=yaml.BaseLoader) or {}).get("stages") or {}).get(stage)
-    return deps_hash_from_entries(entry.get("deps", [])) if entry else None
+    if not entry:
+        return None
+    # Params values typed the way DVC reads them, as they are when a stage hashes them live.
+    params = ((load_yaml(str(lock_path)).get("stages") or {}).get(stage) or {}).get("params") or {}
+    return deps_hash_from_entries(entry.get("deps", []), _plain(params))
 
 
 def current_deps_hash(stage: str) -> str | None:
     """The deps hash DVC will write to dvc.lock when this stage finishes.
 
     While a stage runs, dvc.lock still holds the previous run's entry, so ask DVC to
-    hash the declared deps now (it reuses its state cache, so unchanged files are free).
+    hash the declared deps and read the declared params now (it reuses its state cache,
+    so unchanged files are free).
     """
     if not (Path("dvc.yaml").is_file() and Path(".dvc").is_dir()):
         return None  # run by hand outside a DVC project: nothing to hash against
@@ -447,10 +459,17 @@ def current_deps_hash(stage: str) -> str | None:
             (dvc_stage,) = repo.stage.collect(stage)
             entries = [{"path": dep.def_path, "md5": dep.get_hash().value}
                        for dep in dvc_stage.deps if not isinstance(dep, ParamsDependency)]
+            params = {dep.def_path: dep.get_hash().value for dep in dvc_stage.deps
+                      if isinstance(dep, ParamsDependency)}
     except (DvcException, ValueError, OSError) as e:
         log.warning("could not hash the deps of stage '%s' through DVC: %s", stage, e)
         return None
-    return deps_hash_from_entries(entries)
+    return deps_hash_from_entries(entries, _plain(params))
+
+
+def _plain(value: Any) -> Any:
+    """YAML's typed containers and scalars as plain JSON values."""
+    return json.loads(json.dumps(value, default=str))
 
 
 # ------------------------------------------------------------------ sync after the fact
@@ -492,18 +511,22 @@ def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
 
 def _mirrored_run(settings: TrackingParams, stage: str, deps_hash: str) -> str | None:
     """The id of a run that already mirrors `stage` at `deps_hash`, if any (None when the
-    store cannot be asked: mirroring then reports why)."""
+    store cannot be asked: mirroring then reports why). Within a pipeline execution
+    (`SPARK_TRAINER_PIPELINE_RUN` set, as `make repro` does) only that execution's runs
+    count, so a stage DVC restored from its run cache joins it; by hand, any run does."""
     if not deps_hash:
         return None
     from mlflow.tracking import MlflowClient
 
+    query = f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{TAG_DEPS_HASH}` = '{deps_hash}'"
+    if os.environ.get("SPARK_TRAINER_PIPELINE_RUN"):
+        query += f" and tags.`{TAG_PIPELINE_RUN}` = '{os.environ['SPARK_TRAINER_PIPELINE_RUN']}'"
     try:
         client = MlflowClient(tracking_uri=tracking_uri(settings))
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             return None
-        runs = client.search_runs([experiment.experiment_id], f"tags.`{TAG_STAGE}` = '{stage}' and "
-                                  f"tags.`{TAG_DEPS_HASH}` = '{deps_hash}'", max_results=1)
+        runs = client.search_runs([experiment.experiment_id], query, max_results=1)
     except _tracking_errors():
         return None
     return runs[0].info.run_id if runs else None
