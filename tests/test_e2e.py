@@ -163,18 +163,22 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     aliases = {a: _alias(root, a) for a in ("champion", "challenger")}
     audit = (root / "registry/promotions.jsonl").read_bytes()
     rank8 = json.loads((root / "metrics/lora/arithmetic.json").read_text())["trainable_parameters"]
-    _run(["dvc", "exp", "run", "--queue", "-S", "canary_promote.analysis.alpha=0.01", "-n", "q-alpha"], root, env)
+    # A grid in DVC's own syntax (keys checked first by scripts/sweep.py): two canary-only experiments.
+    _run(["python", "scripts/sweep.py", "-S", "canary_promote.analysis.alpha=0.01,0.02"], root, env)
     _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=4", "-n", "q-rank4"], root, env)
     _run(["dvc", "queue", "start", "-j", "1"], root, env)
     deadline = time.monotonic() + 1800
     while re.search(r"\b(Queued|Running)\b", status := _run(["dvc", "queue", "status"], root, env)[0]):
         assert time.monotonic() < deadline, status
         time.sleep(5)
-    assert status.count("Success") == 2, status
-    logs = {name: "".join(_run(["dvc", "queue", "logs", name], root, env)) for name in ("q-alpha", "q-rank4")}
+    names = re.findall(r"^\w+\s+(\S+)\s+.*\bSuccess\b", status, re.MULTILINE)
+    assert len(names) == 3 and "q-rank4" in names, status
+    logs = {name: "".join(_run(["dvc", "queue", "logs", name], root, env)) for name in names}
+    alphas = [name for name in names if name != "q-rank4"]
 
     # The canary alone, and the headline summary of its metrics (milliseconds).
-    assert _stages_run(logs["q-alpha"]) == {"canary_promote", "headline"}, logs["q-alpha"]
+    for name in alphas:
+        assert _stages_run(logs[name]) == {"canary_promote", "headline"}, logs[name]
     ran = _stages_run(logs["q-rank4"])
     assert {"lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized", "package",
             "register", "canary_promote"} <= ran, logs["q-rank4"]
@@ -193,17 +197,18 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     assert [(s["traffic_percent"], s["outcome"]) for s in canary["steps"]] == [
         (10, "Inconclusive"), (50, "Successful"), (100, "Successful")]
     assert (canary["decision"], canary["would_promote"], canary["status"]) == ("Successful", True, "experiment")
-    assert exps["q-alpha"]["metrics/canary_promote.json"]["status"] == "experiment"
+    assert all(exps[name]["metrics/canary_promote.json"]["status"] == "experiment" for name in alphas)
     # The shared registry is as it was: no alias moved, nothing appended to the audit log.
     assert {a: _alias(root, a) for a in aliases} == aliases
     assert (root / "registry/promotions.jsonl").read_bytes() == audit
     # One MLflow store for the workspace and its experiments, each run findable by experiment.
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id],
-                              "tags.`dvc.exp_name` = 'q-alpha'")
-    assert {r.data.tags["spark_trainer.stage"] for r in runs} == {"canary_promote"}
+                              f"tags.`dvc.exp_name` = '{alphas[0]}'")
+    stages = [r.data.tags.get("spark_trainer.stage") for r in runs]
+    assert len(stages) == 3 and set(stages) == {"canary_promote", "headline", None}  # None: the parent run
     head = _run(["git", "rev-parse", "HEAD"], root, env)[0].strip()
-    assert runs[0].data.tags["dvc.exp_baseline_rev"] == head
+    assert {r.data.tags["dvc.exp_baseline_rev"] for r in runs} == {head}
     assert client.get_model_version(MODEL, "2").tags["dvc.exp_name"] == "q-rank4"
 
 
