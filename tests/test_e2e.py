@@ -176,9 +176,10 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     logs = {name: "".join(_run(["dvc", "queue", "logs", name], root, env)) for name in names}
     alphas = [name for name in names if name != "q-rank4"]
 
-    # The canary alone, and the headline summary of its metrics (milliseconds).
+    # The canary alone, and the headline summary of its metrics (milliseconds; DVC may restore
+    # it from its run cache when the canary's numbers come out as in an earlier run).
     for name in alphas:
-        assert _stages_run(logs[name]) == {"canary_promote", "headline"}, logs[name]
+        assert _stages_run(logs[name]) - {"headline"} == {"canary_promote"}, logs[name]
     ran = _stages_run(logs["q-rank4"])
     assert {"lora@arithmetic", "lora@world_facts", "quantize", "distill", "evaluate_mmlu@quantized", "package",
             "register", "canary_promote"} <= ran, logs["q-rank4"]
@@ -206,7 +207,7 @@ def test_queued_experiments_rerun_only_what_their_change_reaches_and_move_no_ali
     runs = client.search_runs([client.get_experiment_by_name("spark-trainer").experiment_id],
                               f"tags.`dvc.exp_name` = '{alphas[0]}'")
     stages = [r.data.tags.get("spark_trainer.stage") for r in runs]
-    assert len(stages) == 3 and set(stages) == {"canary_promote", "headline", None}  # None: the parent run
+    assert {"canary_promote", None} <= set(stages) <= {"canary_promote", "headline", None}  # None: the parent
     head = _run(["git", "rev-parse", "HEAD"], root, env)[0].strip()
     assert {r.data.tags["dvc.exp_baseline_rev"] for r in runs} == {head}
     assert client.get_model_version(MODEL, "2").tags["dvc.exp_name"] == "q-rank4"
