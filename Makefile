@@ -29,12 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python scripts/build_plots_template.py $(PLOTS_TEMPLATE)
 	touch $(STAMP)
 
-# One pipeline run id for the repro and the sync after it: stages DVC restored from its run
-# cache (their commands did not run) are mirrored into the same MLflow parent run.
+# `dvc repro`, then MLflow runs for the stages DVC restored from its run cache (they do not
+# run, so they cannot mirror themselves): scripts/repro.py.
 repro: $(STAMP)
-	run=$$($(BIN)/python -c "import uuid; print(uuid.uuid4().hex[:16])"); \
-	SPARK_TRAINER_PIPELINE_RUN=$$run $(BIN)/dvc repro && \
-	SPARK_TRAINER_PIPELINE_RUN=$$run $(BIN)/python scripts/sync_mlflow.py --quiet
+	$(BIN)/python scripts/repro.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -2,8 +2,8 @@
 
     python scripts/sync_mlflow.py
 
-Use it after stages ran while the tracking server was unreachable, or after a `dvc repro`
-in which DVC restored stages from its run cache (`make repro` runs it for you). Only
+Use it after stages ran while the tracking server was unreachable (`make repro` mirrors
+the stages DVC restores from its run cache itself, through scripts/repro.py). Only
 stages whose current deps hash (from dvc.lock, the tag a stage writes when it mirrors
 itself) has no run yet are mirrored: running it twice adds nothing.
 """

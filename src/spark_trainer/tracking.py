@@ -18,9 +18,9 @@ one parent run per pipeline execution.
 
 `sync_all` (scripts/sync_mlflow.py) mirrors only stages whose current deps hash (file
 deps and params, as dvc.lock records them) has no run yet, so running it twice adds
-nothing. Run with the pipeline id of a `dvc repro` (`make repro` does), it looks only at
-that execution's runs: the stages DVC restored from its run cache (their commands did not
-run, so they did not mirror themselves) join its parent run, tagged
+nothing. `scripts/repro.py` (`make repro`) runs `dvc repro` and then syncs the stages DVC
+restored from its run cache (their commands did not run, so they did not mirror
+themselves), looking only at that execution's runs: they join its parent run, tagged
 `spark_trainer.mirrored_by: sync`.
 """
 
@@ -475,10 +475,11 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------ sync after the fact
 
 
-def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
-    """Mirror into MLflow every stage (`foreach` stages included) whose current deps hash
-    (dvc.lock) has no run yet: stages that ran while the tracking server was down, or that
-    DVC restored from its run cache. Running it twice adds nothing. Returns {stage: outcome}."""
+def sync_all(params_path: str | Path = "params.yaml", only: set[str] | None = None) -> dict[str, str]:
+    """Mirror into MLflow every stage (`foreach` stages included; `only` those named) whose
+    current deps hash (dvc.lock) has no run yet: stages that ran while the tracking server was
+    down, or that DVC restored from its run cache (scripts/repro.py names them). Running it
+    twice adds nothing. Returns {stage: outcome}."""
     from dvc.repo import Repo
 
     from spark_trainer.params import SECTIONS, load_section
@@ -489,6 +490,8 @@ def sync_all(params_path: str | Path = "params.yaml") -> dict[str, str]:
                   for st in repo.index.stages if getattr(st, "cmd", None)]
     outcome: dict[str, str] = {}
     for stage, metrics, plots in stages:
+        if only is not None and stage not in only:
+            continue
         section = stage.split("@")[0]
         if section not in SECTIONS or not metrics:
             outcome[stage] = "skipped: no params section or metrics file"
