@@ -47,7 +47,7 @@ plots: $(STAMP)
 SORT ?= mmlu_lora_arithmetic_continuation_acc
 ORDER ?= desc
 REVIEW_PARAMS := train\.learning_rate|train\.max_steps|lora\.rank|quantize\.method|distill\.alpha|canary_promote\.analysis\.alpha
-REVIEW_METRICS := train_val_loss|mmlu_[a-z_]+_continuation_acc|lora_arithmetic_target_gain|quantize_greedy_agreement|quantize_val_perplexity_change|distill_perplexity_ratio|safety_pass_rate|canary_decision|coco_cider_d|quality_kept_fraction
+REVIEW_METRICS := train_val_loss|mmlu_[a-z_]+_(continuation|letter)_acc|lora_arithmetic_target_gain|quantize_greedy_agreement|quantize_val_perplexity_change|distill_perplexity_ratio|safety_pass_rate|canary_decision|coco_cider_d|quality_kept_fraction
 
 review: $(STAMP)
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '(Experiment|(params\.yaml:)?($(REVIEW_PARAMS))|(metrics/headline\.json:)?($(REVIEW_METRICS)))$$' \

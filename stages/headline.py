@@ -8,27 +8,27 @@ where each comes from).
         metrics/distill.json metrics/evaluate_safety.json metrics/canary_promote.json \\
         metrics/evaluate_coco.json metrics/quality_gates.json metrics/headline.json
 
-No params section: the stage only copies numbers. Which numbers are headlined is code, not a
-setting, because the keys must stay the same across experiments to be compared, sorted and
-diffed; the values themselves change only when their source files do (its deps). The MLflow
-run it mirrors therefore carries no params.
+Params: `headline.mmlu_format`, which MMLU format's accuracy is headlined (it is part of
+those keys). Which numbers are headlined is code: the keys must stay comparable across
+experiments.
 """
 
 from spark_trainer import headline, tracking
 from spark_trainer.outputs import write_metrics, write_timings
-from spark_trainer.params import Section
+from spark_trainer.params import HeadlineParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
 
 
 @entrypoint
 def main() -> None:
     args = path_args(__doc__, *headline.ROLES, "metrics")
+    p: HeadlineParams = load_section("headline")  # type: ignore[assignment]
     timer = Timer()
     with timer.phase("collect"):
-        values = headline.collect({role: getattr(args, role) for role in headline.ROLES})
+        values = headline.collect({role: getattr(args, role) for role in headline.ROLES}, p.mmlu_format)
     write_metrics(args.metrics, values)
     write_timings(args.metrics, timer.total())
-    tracking.mirror_stage("headline", Section(), args.metrics)
+    tracking.mirror_stage("headline", p, args.metrics)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,17 @@ def headline_stage():
 
 def test_headline_values_from_fake_metrics(tmp_path):
     assert headline.collect(write_fake_metrics(tmp_path, FAKE)) == pytest.approx(EXPECTED)
+    letter = headline.collect(write_fake_metrics(tmp_path, FAKE), "letter")
+    assert letter["mmlu_base_letter_acc"] == 0.25 and "mmlu_base_continuation_acc" not in letter
+
+
+def test_headline_mmlu_format_is_validated_naming_the_key():
+    from spark_trainer.errors import ParamsError
+    from spark_trainer.params import validate_section
+
+    assert validate_section("headline", {"mmlu_format": "letter"}).mmlu_format == "letter"
+    with pytest.raises(ParamsError, match="headline.mmlu_format"):
+        validate_section("headline", {"mmlu_format": "cloze"})
 
 
 def test_headline_stage_writes_the_flat_numbers(project):

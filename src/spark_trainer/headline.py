@@ -84,23 +84,28 @@ def quality_kept_fraction(data: dict[str, Any], source: str) -> float:
     return kept / came_in
 
 
-HEADLINE: tuple[Headline, ...] = (
-    Headline("train_val_loss", "train", at("val_loss"), "lower"),
-    *(Headline(f"mmlu_{m}_continuation_acc", f"mmlu_{m}", at("continuation.acc.overall.acc"), "higher")
-      for m in MMLU_MODELS),
-    Headline("lora_arithmetic_target_gain", "lora_arithmetic", at("target_gain"), "higher"),
-    Headline("quantize_greedy_agreement", "quantize", at("greedy_token_agreement"), "higher"),
-    Headline("quantize_val_perplexity_change", "quantize", at("val_perplexity_change"), "lower"),
-    Headline("distill_perplexity_ratio", "distill", at("perplexity_ratio"), "lower"),
-    Headline("safety_pass_rate", "safety", safety_pass_rate, "higher"),
-    Headline("canary_decision", "canary", canary_decision, "higher"),
-    Headline("coco_cider_d", "coco", at("model.CIDEr-D"), "higher"),
-    Headline("quality_kept_fraction", "quality_gates", quality_kept_fraction, "higher"),
-)
+def headlines(mmlu_format: str = "continuation") -> tuple[Headline, ...]:
+    """Every headline, with the MMLU accuracies of `mmlu_format` (headline.mmlu_format)."""
+    return (
+        Headline("train_val_loss", "train", at("val_loss"), "lower"),
+        *(Headline(f"mmlu_{m}_{mmlu_format}_acc", f"mmlu_{m}", at(f"{mmlu_format}.acc.overall.acc"), "higher")
+          for m in MMLU_MODELS),
+        Headline("lora_arithmetic_target_gain", "lora_arithmetic", at("target_gain"), "higher"),
+        Headline("quantize_greedy_agreement", "quantize", at("greedy_token_agreement"), "higher"),
+        Headline("quantize_val_perplexity_change", "quantize", at("val_perplexity_change"), "lower"),
+        Headline("distill_perplexity_ratio", "distill", at("perplexity_ratio"), "lower"),
+        Headline("safety_pass_rate", "safety", safety_pass_rate, "higher"),
+        Headline("canary_decision", "canary", canary_decision, "higher"),
+        Headline("coco_cider_d", "coco", at("model.CIDEr-D"), "higher"),
+        Headline("quality_kept_fraction", "quality_gates", quality_kept_fraction, "higher"),
+    )
+
+
+HEADLINE = headlines()  # the default params' headlines (key names for docs and checks)
 ROLES: tuple[str, ...] = tuple(dict.fromkeys(h.role for h in HEADLINE))
 
 
-def collect(sources: Mapping[str, Path]) -> dict[str, float | int]:
+def collect(sources: Mapping[str, Path], mmlu_format: str = "continuation") -> dict[str, float | int]:
     """{headline key: value}, each read from `sources[role]` (a metrics JSON file)."""
     missing = [role for role in ROLES if role not in sources]
     if missing:
@@ -114,4 +119,4 @@ def collect(sources: Mapping[str, Path]) -> dict[str, float | int]:
             raise InputDataError(f"{path} not found: run the stage that writes it (`dvc repro`)") from e
         except json.JSONDecodeError as e:
             raise InputDataError(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from e
-    return {h.key: h.read(loaded[h.role], str(sources[h.role])) for h in HEADLINE}
+    return {h.key: h.read(loaded[h.role], str(sources[h.role])) for h in headlines(mmlu_format)}

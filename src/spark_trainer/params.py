@@ -798,6 +798,12 @@ class EvaluateCocoParams(Section):
 SampleParams.model_rebuild()  # its `media` field is SampleMediaParams, defined in this block
 
 
+
+class HeadlineParams(Section):
+    # Which MMLU format's accuracy is headlined; the format is part of the key
+    # (`mmlu_<model>_<format>_acc`), so a change never relabels numbers silently.
+    mmlu_format: Literal["continuation", "letter"]
+
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
     "sample": SampleParams,
@@ -815,6 +821,7 @@ SECTIONS: dict[str, type[Section]] = {
     "ingest_video": IngestVideoParams,
     "train_captioner": TrainCaptionerParams,
     "evaluate_coco": EvaluateCocoParams,
+    "headline": HeadlineParams,
 }
 
 
