@@ -861,7 +861,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_section(name: str, path: str | Path = PARAMS_FILE) -> Section:
     """Read section `name` of params.yaml into its frozen typed object."""
     if name not in SECTIONS:
-        raise ParamsError(f"no params section type for '{name}'{_closest(name, SECTIONS)}")
+        raise ParamsError(f"no params section type for '{name}'{closest(name, SECTIONS)}")
     data = read_yaml(path)
     if name not in data:
         raise ParamsError(f"{path}: section '{name}' is missing; add it (see README.md)")
@@ -886,7 +886,7 @@ def check_all(path: str | Path = PARAMS_FILE) -> dict[str, Section]:
     problems, sections = [], {}
     for name, raw in data.items():
         if name not in SECTIONS:
-            problems.append(f"unknown section '{name}'{_closest(name, SECTIONS)}")
+            problems.append(f"unknown section '{name}'{closest(name, SECTIONS)}")
             continue
         try:
             sections[name] = validate_section(name, raw, source=str(path))
@@ -917,7 +917,7 @@ def as_flat_dict(section: Section, prefix: str) -> dict[str, Any]:
     return flat
 
 
-def _closest(key: str, valid: Any) -> str:
+def closest(key: str, valid: Any) -> str:
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(sorted(valid))})"
 
@@ -952,7 +952,7 @@ def _describe(model: type[BaseModel], section: str, err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join([section, *(str(p) for p in loc)])
     if err["type"] == "extra_forbidden":
-        return f"{dotted}: unknown key{_closest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
+        return f"{dotted}: unknown key{closest(str(loc[-1]), _fields_at(model, loc[:-1]))}"
     if err["type"] == "missing":
         return f"{dotted}: missing; add it to params.yaml"
     got = err.get("input")

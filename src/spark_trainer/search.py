@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spark_trainer.errors import ParamsError, SparkTrainerError
-from spark_trainer.params import PARAMS_FILE, SECTIONS, _closest, read_yaml, validate_section
+from spark_trainer.params import PARAMS_FILE, SECTIONS, closest, read_yaml, validate_section
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_space(path: str | Path, repo: Path = Path("."), params_file: str = PARA
     metrics_files = declared_metrics(repo)
     if space.objective.file not in metrics_files:
         raise ParamsError(f"{path}: objective.metric names {space.objective.file}, which no stage in dvc.yaml "
-                          f"declares as metrics{_closest(space.objective.file, metrics_files)}")
+                          f"declares as metrics{closest(space.objective.file, metrics_files)}")
     current = repo / space.objective.file
     if current.is_file() and lookup(json.loads(current.read_text(encoding="utf-8")), space.objective.key) is None:
         raise ParamsError(f"{path}: objective.metric: {space.objective.file} has no number at "
@@ -132,7 +132,7 @@ def check_override(params: dict[str, Any], key: str, value: Any, source: Any) ->
     closest valid one, a bad value says what is allowed."""
     section, _, rest = key.partition(".")
     if section not in SECTIONS or section not in params:
-        raise ParamsError(f"{source}: params.{key}: unknown section '{section}'{_closest(section, SECTIONS)}")
+        raise ParamsError(f"{source}: params.{key}: unknown section '{section}'{closest(section, SECTIONS)}")
     if not rest:
         raise ParamsError(f"{source}: params.{key}: name a key inside the section ({section}.<key>)")
     raw = copy.deepcopy(params[section])
@@ -141,7 +141,7 @@ def check_override(params: dict[str, Any], key: str, value: Any, source: Any) ->
     for part in parts[:-1]:
         if not isinstance(node, dict) or part not in node:
             valid = list(node) if isinstance(node, dict) else []
-            raise ParamsError(f"{source}: params.{key}: unknown key '{part}'{_closest(part, valid)}")
+            raise ParamsError(f"{source}: params.{key}: unknown key '{part}'{closest(part, valid)}")
         node = node[part]
     if not isinstance(node, dict):
         raise ParamsError(f"{source}: params.{key}: '{'.'.join(parts[:-1])}' is not a mapping")
