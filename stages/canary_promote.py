@@ -3,9 +3,10 @@
     python stages/canary_promote.py registry/registered.json metrics/canary_promote.json \\
         reports/canary.md reports/canary_evidently.html registry/promotions.jsonl
 
-Both models are resolved through MLflow aliases. With no champion yet, the challenger
-must pass the rules' absolute floors. Otherwise each step of canary_promote.steps replays
-that share of the traffic through the serving adapters and runs the paired tests; the
+Both models are resolved through MLflow aliases, or the champion is a local model folder
+(serving.champion: adapter in_process, model <folder>). With no champion yet, the
+challenger must pass the rules' absolute floors. Otherwise each step of
+canary_promote.steps replays that share of the traffic through the serving adapters and runs the paired tests; the
 decision (Successful, Failed, Inconclusive) moves the alias, waits for approval, or keeps
 the champion, and every move is appended to the git-tracked audit log.
 
@@ -37,6 +38,7 @@ def main() -> None:
     probes: EvaluateSafetyParams = load_section("evaluate_safety")
     t = load_section("quality_gates").toxicity  # type: ignore[attr-defined]
     uri = tracking.tracking_uri(load_section("tracking"))  # type: ignore[arg-type]
+    local = promotion.local_champion(p)  # checked before any compute
     timer = Timer()
     items = traffic.build(p.traffic, probes)
 
@@ -50,15 +52,21 @@ def main() -> None:
         challenger = model_registry.resolve_alias(uri, name, model_registry.CHALLENGER)
         model_registry.check_registered(challenger, uri, args.registered)
     champion = model_registry.resolve_alias(uri, name, model_registry.CHAMPION)
+    holder = champion.version if champion else None
     if champion is None:
         model_registry.check_champion_unset(uri, name, args.audit)
     champion, already = promotion.baseline(uri, name, champion, challenger)
     with timer.phase("load"):
-        arms = {"challenger": (p.serving.challenger, challenger)}
-        if champion is not None:
-            arms["champion"] = (p.serving.champion, champion)
-        served = {arm: adapters.build(ep, model_registry.fetch_verified(uri, v, reg) if ep.adapter == "in_process" else None,
-                                      p.serving.timeout_s) for arm, (ep, v) in arms.items()}
+        # Every registry version the report names is fetched and verified, whatever serves it:
+        # the report states what verification proved about it, not what a tag claims.
+        challenger_dir, challenger_facts = promotion.fetch_bundle(uri, challenger, reg)
+        served = {"challenger": adapters.build(p.serving.challenger, challenger_dir, p.serving.timeout_s)}
+        champion_facts: dict = {}
+        if local is not None:
+            served["champion"] = adapters.build(p.serving.champion, local, p.serving.timeout_s)
+        elif champion is not None:
+            champion_dir, champion_facts = promotion.fetch_bundle(uri, champion, reg)
+            served["champion"] = adapters.build(p.serving.champion, champion_dir, p.serving.timeout_s)
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
                                        t.batch_size, t.checkpoint_sha256)
 
@@ -67,7 +75,7 @@ def main() -> None:
 
     replayer = Replayer(served, p.serving.max_new_tokens, p.analysis.consecutive_error_limit, score)
     with timer.phase("replay"):
-        if champion is None:
+        if "champion" not in served:
             steps = [analysis.first_champion([replayer.ask("challenger", it) for it in items], p.rules, p.analysis)]
             decision, reason = steps[0]["outcome"], steps[0]["reason"]
         else:
@@ -78,16 +86,27 @@ def main() -> None:
                  "workspace or through scripts/approve.py)", experiment[tracking.TAG_DVC_EXP], decision)
     else:
         status = promotion.apply(uri, name, decision, reason, champion, challenger, already, p, args.audit,
-                                 tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
+                                 tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"), local)
 
+    # Wall-clock figures go to the timings file only: the metrics and the git-tracked report
+    # are byte-identical across reruns of the same inputs.
     stable_steps, latency = analysis.split_volatile(steps)
+    compared = champion if local is None else None
+    after = challenger.version if status == "promoted" else holder  # a rerun of a promotion: the same
     metrics = {"model": name, "challenger_version": int(challenger.version), "mode": p.mode,
-               "champion_version": int(champion.version) if champion else None, "steps_planned": list(p.steps),
-               "challenger_signed": challenger.signed, "champion_signed": champion.signed if champion else None,
+               "champion_version": int(compared.version) if compared else None,
+               "champion_model": str(local) if local is not None else None,
+               "comparison": promotion.comparison(challenger, champion, local, p.mode),
+               "champion_alias_after": int(after) if after else None,
+               "steps_planned": list(p.steps),
+               "challenger_signed": challenger_facts["signed"], "challenger_signing": challenger_facts["signing"],
+               "challenger_release_override": challenger_facts["release_override"],
+               "champion_signed": champion_facts.get("signed"), "champion_signing": champion_facts.get("signing"),
+               "champion_release_override": champion_facts.get("release_override"),
                "decision": decision, "status": status, "reason": reason, "steps": stable_steps,
                "would_promote": decision == "Successful",
                "toxicity_backend": scorer.backend}
-    write_text_atomic(args.report, report.markdown({**metrics, "steps": steps}))
+    write_text_atomic(args.report, report.markdown(metrics, p.rules))
     with timer.phase("evidently"):
         replies = replayer.cache
         report.evidently_html(list(replies.get("champion", {}).values()), list(replies["challenger"].values()),

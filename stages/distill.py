@@ -43,7 +43,7 @@ def main() -> None:
         outcome = trainer.train_model(student, packing.BlockDataset(train), p, args.checkpoints, args.plots,
                                       run_fingerprint, eval_dataset=packing.BlockDataset(val),
                                       trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
-    with timer.phase("evaluate"):
+    with timer.phase("evaluate"), trainer.autocast(p.efficiency.mixed_precision, student):
         student_loss = trainer.mean_loss(student, val, p.batch_size)
         teacher_loss = trainer.mean_loss(teacher, val, p.batch_size)
         agreement = distill.next_token_agreement(student, teacher, val, p.batch_size)
@@ -58,6 +58,7 @@ def main() -> None:
         "student_parameters": student_params,
         "teacher_parameters": teacher_params,
         "parameter_ratio": student_params / teacher_params,
+        "student_source": p.student.source,
         "steps": outcome.global_step,
         "val_perplexity_student": math.exp(student_loss),
         "val_perplexity_teacher": math.exp(teacher_loss),

@@ -7,13 +7,14 @@ dvc.yaml runs it once per entry of `evaluate_mmlu.models` (foreach). For each fo
 params: accuracy overall, per subject and per category with standard errors (and acc_norm
 for the continuation format), expected calibration error, and reliability-diagram data
 for `dvc plots`. Per-question predictions and choice probabilities go to the JSONL file.
+The model runs in `evaluate_mmlu.dtype` (recorded as `dtype`; a quantized model as it is).
 """
 
 from pathlib import Path
 
 from spark_trainer import tracking
 from spark_trainer.evaluation import calibration, mmlu
-from spark_trainer.modeling import causal_lm
+from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import load_pretrained
 from spark_trainer.outputs import dumps_stable, write_jsonl_atomic, write_metrics, write_text_atomic, write_timings
 from spark_trainer.params import EvaluateMmluParams, load_section
@@ -38,8 +39,13 @@ def main() -> None:
     produced_by = PRODUCERS.get(name, "lora" if name.startswith("lora") else None)
     model = causal_lm.load_for_inference(args.model_dir, produced_by=produced_by)
     tok = load_pretrained(str(args.model_dir))
+    if (Path(args.model_dir) / quantize.MARKER).is_file():
+        dtype = "quantized"  # scored as its quantization computes; evaluate_mmlu.dtype does not apply
+    else:
+        dtype = mmlu.choose_dtype(p.dtype, model)
+        mmlu.cast(model, dtype)
 
-    metrics = {"model": name, "num_fewshot": p.num_fewshot, "fewshot_used": shots,
+    metrics = {"model": name, "num_fewshot": p.num_fewshot, "fewshot_used": shots, "dtype": dtype,
                "questions": sum(len(v) for v in test.values())}
     predictions = []
     for fmt in p.formats:

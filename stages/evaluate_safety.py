@@ -5,8 +5,10 @@
 
 Probe sets are versioned files in data/probes/. Toxicity of generations is scored by the
 quality gates' backend (Detoxify with a checkpoint, else its configured fallback; the
-metrics say which ran). Writes pass rates per probe, severities, the critical issue count,
-failure examples and recommendations, as metrics and as a Markdown report.
+metrics say which ran). Prompts go through the model's chat template when it has one
+(evaluate_safety.chat). Writes per probe the pass rate against its minimum, severity,
+failing and refused ids and failure examples, the critical issue count and
+recommendations, as metrics and as a Markdown report.
 """
 
 from spark_trainer import tracking
@@ -31,41 +33,43 @@ def main() -> None:
     attacks = safety.read_probes(args.probes / "jailbreak.jsonl", ("id", "kind", "attack", "prompt"))
     model = causal_lm.load_for_inference(args.model_dir, produced_by="lora")
     tok = load_pretrained(str(args.model_dir))
+    chat = safety.use_chat(tok, p.chat, args.model_dir)
+    system = p.system_prompt.format(canary=p.canary)
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
                                    t.batch_size, t.checkpoint_sha256)
 
     with timer.phase("toxicity"):
-        outputs = safety.generate(model, tok, [r["prompt"] for r in toxic_prompts], p.max_new_tokens)
+        prompts = [safety.probe_prompt(tok, system, r["prompt"], chat, r["prompt"]) for r in toxic_prompts]
+        outputs = safety.generate(model, tok, prompts, p.max_new_tokens, chat)
         results = []
         for row, output, scores in zip(toxic_prompts, outputs, scorer.score(outputs), strict=True):
             hits = toxicity.flagged(scores, t.thresholds)
-            results.append({"id": row["id"], "output": output, "passed": not hits, "reason": f"toxic {hits}"})
+            results.append({"id": row["id"], "prompt": row["prompt"], "output": output, "passed": not hits,
+                            "refused": safety.refused(output), "reason": f"toxic {hits}"})
     probes = {"toxicity": safety.probe_summary(results, p.severity["toxicity"], p.min_pass_rate["toxicity"],
                                                p.failure_examples)}
 
     with timer.phase("bias"):
-        bias = safety.bias(model, tok, pairs)
-        gaps = [(pair["id"], safety.sentence_loglikelihood(model, tok, pair["stereotyped"])
-                 - safety.sentence_loglikelihood(model, tok, pair["anti_stereotyped"])) for pair in pairs]
-        results = [{"id": i, "output": f"gap {g:.3f} nats", "passed": g <= p.bias_margin,
-                    "reason": "prefers the stereotype"} for i, g in gaps]
-    probes["bias"] = safety.probe_summary(results, p.severity["bias"], p.min_pass_rate["bias"], p.failure_examples)
+        scored = safety.bias_scores(model, tok, pairs, p.bias_margin)
+    probes["bias"] = safety.probe_summary(scored, p.severity["bias"], p.min_pass_rate["bias"], p.failure_examples)
 
     with timer.phase("attacks"):
-        system = p.system_prompt.format(canary=p.canary)
-        prompts = [safety.attack_prompt(system, a["prompt"].format(injection=p.injection)) for a in attacks]
-        outputs = safety.generate(model, tok, prompts, p.max_new_tokens)
+        texts = [a["prompt"].format(injection=p.injection) for a in attacks]
+        prompts = [safety.probe_prompt(tok, system, text, chat, safety.attack_prompt(system, text)) for text in texts]
+        outputs = safety.generate(model, tok, prompts, p.max_new_tokens, chat)
         for kind in ("jailbreak", "prompt_injection"):
             results = []
-            for a, output in zip(attacks, outputs, strict=True):
+            for a, text, output in zip(attacks, texts, outputs, strict=True):
                 if a["kind"] == kind:
                     reason = safety.judge_attack(output, kind, p.canary, p.injection)
-                    results.append({"id": a["id"], "attack": a["attack"], "output": output, "passed": reason is None,
-                                    "reason": reason})
+                    results.append({"id": a["id"], "attack": a["attack"], "prompt": text, "output": output,
+                                    "passed": reason is None, "refused": safety.refused(output), "reason": reason})
             probes[kind] = safety.probe_summary(results, p.severity[kind], p.min_pass_rate[kind], p.failure_examples)
 
     metrics = {"model": str(args.model_dir), "toxicity_backend": scorer.backend,
-               "toxicity_backend_note": scorer.note, "probes": probes, "bias": bias,
+               "toxicity_backend_note": scorer.note, "probes": probes, "bias": safety.bias(scored),
+               "bias_margin": p.bias_margin, "failure_examples": p.failure_examples, "chat": p.chat,
+               "chat_template": chat,
                "critical_issues": sum(v["failures"] for v in probes.values() if v["severity"] == "critical")}
     metrics["recommendations"] = safety.recommendations(metrics)
     write_text_atomic(args.report, safety.render_report(str(args.model_dir), metrics))

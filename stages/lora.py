@@ -18,7 +18,7 @@ from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import LoraParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import lora, packing, trainer
+from spark_trainer.training import lora, packing, sft, trainer
 
 log = logging.getLogger("lora")
 
@@ -43,25 +43,49 @@ def main() -> None:
     val_items = read_manifest(args.data_dir / "val.jsonl")
     if not train_items:
         raise ParamsError(f"lora.specialisations.{name}.subjects {sorted(subjects)} match no training items")
-    blocks = packing.pack(encode_documents(tok, [it["text"] for it in train_items]), p.block_size).blocks
-    # The target subjects' validation text: what early stopping (efficiency.early_stopping_patience) watches.
-    target_val = [it["text"] for it in val_items if it["metadata"]["subject"] in subjects]
-    val_blocks = packing.pack(encode_documents(tok, target_val), p.block_size).blocks if target_val else None
+    if p.format == "chat":
+        sft.require_chat_template(tok, str(args.base))
+        train_records, skipped = sft.conversations(train_items)
+        val_records, _ = sft.conversations(val_items)
+        if not train_records:
+            raise ParamsError(f"lora.format chat: no question/answer document among the {len(train_items)} training "
+                              f"items of {sorted(subjects)}; use lora.format: text")
+        target_val = [r for r in val_records if r["subject"] in subjects]
+        evaluate = lambda: sft.answer_losses(model, tok, val_records, p.block_size, p.batch_size)
+        log.info("%s: %d question/answer conversations (%d other documents left out)", name, len(train_records),
+                 skipped)
+    else:
+        blocks = packing.pack(encode_documents(tok, [it["text"] for it in train_items]), p.block_size).blocks
+        # The target subjects' validation text: what early stopping (efficiency.early_stopping_patience) watches.
+        target_val = [it["text"] for it in val_items if it["metadata"]["subject"] in subjects]
+        val_blocks = packing.pack(encode_documents(tok, target_val), p.block_size).blocks if target_val else None
+        evaluate = lambda: trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
 
-    with timer.phase("evaluate_before"):
-        before = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
+    with timer.phase("evaluate_before"), trainer.autocast(p.efficiency.mixed_precision, model):
+        before = evaluate()
     model = lora.attach(model, p.rank, p.alpha, p.dropout, lora.resolve_target_modules(model, p.target_modules),
                        p.seed)
     trainable, total = lora.parameter_counts(model)
-    log.info("%s: %d of %d parameters trainable; %d blocks of %s", name, trainable, total, len(blocks), sorted(subjects))
+    log.info("%s: %d of %d parameters trainable, %s", name, trainable, total, sorted(subjects))
 
-    run_fingerprint = trainer.fingerprint(name, p.model_dump(mode="json"), [it["checksum"] for it in train_items])
+    data_checksums = [it["checksum"] for it in train_items]
+    run_fingerprint = trainer.fingerprint(name, p.model_dump(mode="json"), data_checksums)
     with timer.phase("train"):
-        outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
-                                      run_fingerprint, eval_dataset=None if val_blocks is None
-                                      else packing.BlockDataset(val_blocks))
-    with timer.phase("evaluate_after"):
-        after = trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
+        if p.format == "chat":
+            from trl import SFTConfig, SFTTrainer
+
+            outcome = trainer.train_model(
+                model, sft.as_dataset(train_records), p, args.checkpoints, args.plots, run_fingerprint,
+                eval_dataset=sft.as_dataset(target_val) if target_val else None, trainer_class=SFTTrainer,
+                trainer_kwargs={"processing_class": tok, "data_collator": None}, args_class=SFTConfig,
+                args_extra=sft.sft_settings(p.block_size),
+                tokens_per_step=p.batch_size * p.gradient_accumulation_steps * p.block_size)
+        else:
+            outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
+                                          run_fingerprint, eval_dataset=None if val_blocks is None
+                                          else packing.BlockDataset(val_blocks))
+    with timer.phase("evaluate_after"), trainer.autocast(p.efficiency.mixed_precision, model):
+        after = evaluate()
 
     with timer.phase("save"), atomic_path(args.out_dir) as tmp:
         tmp.mkdir()
@@ -75,6 +99,8 @@ def main() -> None:
         "specialisation": name,
         "target_subjects": targets,
         "qlora": p.qlora,
+        "format": p.format,
+        "loss": "answer tokens, chat template" if p.format == "chat" else "all tokens",
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_fraction": trainable / total,

@@ -4,6 +4,9 @@ model-signing format (model.sig, ECDSA).
 
     python stages/package.py models/lora/arithmetic/merged dist/<name> metrics/package.json
 
+Release gates first: every safety probe in package.evaluations must reach the min pass rate
+its metrics record, or package.release_override must name it with a reason (recorded in
+lineage.json, the model card and the metrics); otherwise nothing is packaged.
 Without a signing key (package.signing_key) the bundle is marked unsigned: in MANIFEST.json,
 the model card and the metrics. `python scripts/verify_bundle.py dist/<name> --trusted-key
 keys/signing.pub` checks digests and signature (or `model_signing verify key`).

@@ -46,32 +46,49 @@ def main() -> None:
     prompts = [it["text"].split("\nAnswer:")[0] + "\nAnswer:" for it in val_items
                if it["text"].startswith("Question:")][: p.eval_prompts]
 
+    def measure(model, folder: Path) -> dict:
+        """What `model` (saved in `folder`) costs against the unquantized reference."""
+        loss_q = trainer.mean_loss(model, blocks, 16)
+        agreement = quantize.greedy_agreement(reference, model, tok, prompts, p.max_new_tokens)
+        q_file, q_memory = quantize.files_bytes(folder), quantize.state_dict_bytes(model)
+        return {
+            "quantized_file_bytes": q_file,
+            "file_size_ratio": q_file / fp32_file,
+            "quantized_memory_bytes": q_memory,
+            "memory_ratio": q_memory / fp32_memory,
+            "val_perplexity_quantized": float(torch.exp(torch.tensor(loss_q))),
+            "val_perplexity_change": float(torch.exp(torch.tensor(loss_q - loss_fp32))) - 1.0,
+            "greedy_token_agreement": agreement["token_agreement"],
+            "greedy_exact_match": agreement["exact_match"],
+        }
+
+    fp32_memory = quantize.state_dict_bytes(reference)
     with timer.phase("evaluate"):
         loss_fp32 = trainer.mean_loss(reference, blocks, 16)
-        loss_q = trainer.mean_loss(quantized, blocks, 16)
-        agreement = quantize.greedy_agreement(reference, quantized, tok, prompts, p.max_new_tokens)
-
-    fp32_memory, q_memory = quantize.state_dict_bytes(reference), quantize.state_dict_bytes(quantized)
-    q_file = quantize.files_bytes(args.out_dir)
+        measured = measure(quantized, args.out_dir)
+    latency = forward_latency_ms(reference, quantized, blocks[:16], p.latency_repeats)
+    # Other methods, measured the same way and not kept (quantize.compare): NF4 against int8, say.
+    compared = {}
+    for other in (m for m in p.compare if m != method):
+        with timer.phase(f"compare_{other}"), tempfile.TemporaryDirectory() as folder:
+            model = quantize.quantize(args.model_dir, quantize.choose_method(other, "none"))
+            quantize.save_quantized(model, other, tok, Path(folder))
+            compared[other] = measure(model, Path(folder))
+            latency.update({k.replace("quantized", other): v for k, v in
+                            forward_latency_ms(reference, model, blocks[:16], p.latency_repeats).items()
+                            if not k.endswith("fp32")})
     metrics = {
         "method": method,
         "method_requested": p.method,
         "fp32_file_bytes": fp32_file,
-        "quantized_file_bytes": q_file,
-        "file_size_ratio": q_file / fp32_file,
         "fp32_memory_bytes": fp32_memory,
-        "quantized_memory_bytes": q_memory,
-        "memory_ratio": q_memory / fp32_memory,
         "val_perplexity_fp32": float(torch.exp(torch.tensor(loss_fp32))),
-        "val_perplexity_quantized": float(torch.exp(torch.tensor(loss_q))),
-        "val_perplexity_change": float(torch.exp(torch.tensor(loss_q - loss_fp32))) - 1.0,
-        "greedy_token_agreement": agreement["token_agreement"],
-        "greedy_exact_match": agreement["exact_match"],
+        **measured,
         "prompts": len(prompts),
+        "compared": compared,
     }
     write_metrics(args.metrics, metrics)
-    write_timings(args.metrics, {**timer.total(), **forward_latency_ms(reference, quantized, blocks[:16],
-                                                                         p.latency_repeats)})
+    write_timings(args.metrics, {**timer.total(), **latency})
     tracking.mirror_stage("quantize", p, args.metrics)
 
 

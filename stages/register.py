@@ -1,4 +1,5 @@
-"""Verify the bundle and register it in the MLflow model registry with alias `challenger`.
+"""Verify the bundle and register it, as an MLflow transformers model, in the MLflow model
+registry with alias `challenger`.
 
     python stages/register.py dist/<name> metrics/register.json registry/registered.json \\
         registry/promotions.jsonl
@@ -8,8 +9,11 @@ With register.trusted_public_keys, only a bundle signed by one of them passes; w
 register.allow_unsigned decides (see docs/stages/register.md). `signed: false` in the
 metrics and the version's tags marks an unsigned bundle. The same bundle digest registered
 twice is one version. Tags on the version: bundle digest, lineage, evaluation headline
-numbers. The alias move is written to the audit log `registry/promotions.jsonl` before it
-happens (action `register`); an alias already on the version records nothing.
+numbers. The version is servable (`mlflow models serve -m models:/<name>@<alias>`): its
+model folder is the bundle itself; a quantized model, which no flavour loads, is logged as
+plain artifacts instead (`flavor: artifacts` and `flavor_reason` in the metrics). The alias
+move is written to the audit log `registry/promotions.jsonl` before it happens (action
+`register`); an alias already on the version records nothing.
 
 The registration lives in the MLflow store, which DVC does not see. `registry/registered.json`
 (a cached DVC out, git-ignored) names the version and the store's registered model
@@ -44,9 +48,11 @@ def main() -> None:
         version, _created = model_registry.register_bundle(
             tracking.tracking_uri(settings), p.model_name, args.bundle, check.digest, check.signed,
             {**release.version_tags(args.bundle), **experiment}, settings.experiment, alias, args.audit,
-            tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"))
+            tracking.git_tags().get(tracking.TAG_GIT_COMMIT, "unknown"), signer=check.signer,
+            max_new_tokens=p.max_new_tokens)
     registered = {"name": p.model_name, "version": int(version.version), "digest": check.digest,
-                  "signed": check.signed, "signer": check.signer, "model_uri": version.uri, "alias": alias}
+                  "signed": check.signed, "signer": check.signer, "model_uri": version.uri, "alias": alias,
+                  "flavor": version.flavor, "flavor_reason": version.tags.get(model_registry.TAG_FLAVOR_REASON)}
     marker = {**registered, "registry": model_registry.identity(tracking.tracking_uri(settings), p.model_name)}
     write_text_atomic(args.marker, dumps_stable(marker))
     write_metrics(args.metrics, registered)

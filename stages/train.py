@@ -54,10 +54,15 @@ def main() -> None:
     run_fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [it["checksum"] for it in train_items],
                                       tok.backend_tokenizer.to_str())
     with timer.phase("train"):
-        outcome = trainer.train_model(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
-                                      args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
+        if p.max_steps:
+            outcome = trainer.train_model(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
+                                          args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
+        else:  # the pretrained model is the base as it is: evaluated, not trained
+            log.info("max_steps 0: %s passes through untrained", p.model.pretrained)
+            outcome = trainer.TrainOutcome(0, 0, [])
+            trainer.write_empty_curve(args.plots)
 
-    with timer.phase("evaluate"):
+    with timer.phase("evaluate"), trainer.autocast(p.efficiency.mixed_precision, model):
         val_loss = trainer.mean_loss(model, val.blocks, p.batch_size)
         train_loss = trainer.mean_loss(model, train.blocks[: len(val.blocks)], p.batch_size)
         unigram = trainer.unigram_loss(train.blocks, val.blocks, len(tok))
@@ -70,6 +75,7 @@ def main() -> None:
     tokens_seen = outcome.global_step * p.batch_size * p.gradient_accumulation_steps * p.block_size
     metrics = {
         "parameters": causal_lm.parameter_count(model),
+        "source": p.model.source,
         "steps": outcome.global_step,
         "tokens_seen": tokens_seen,
         "train_tokens": train.tokens_total,

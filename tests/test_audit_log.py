@@ -168,7 +168,7 @@ def test_a_changed_digest_is_refused(workspace, assets):  # noqa: F811
 def test_a_bundle_that_no_longer_verifies_is_refused(workspace, assets):  # noqa: F811
     canary(workspace, assets, require_approval=True)
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    source = model_registry.get_version(uri, NAME, "2").source
+    source = model_registry.get_version(uri, NAME, "2").bundle_source
     weights = Path(source.removeprefix("file://")) / "model.safetensors"
     original = weights.read_bytes()  # the artifact store is shared with the module's projects: restore it
     try:

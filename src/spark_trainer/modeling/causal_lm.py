@@ -36,6 +36,7 @@ def load_pretrained(name_or_path: str, produced_by: str | None = None):
     from transformers import AutoModelForCausalLM
 
     local = Path(name_or_path)
+    nothing_imported(local)
     if produced_by and not local.exists():
         raise ModelSourceError(f"model folder '{name_or_path}' does not exist; it is produced by the "
                                f"'{produced_by}' stage: run `dvc repro {produced_by}`")
@@ -44,6 +45,13 @@ def load_pretrained(name_or_path: str, produced_by: str | None = None):
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"cannot load model '{name_or_path}': {e}. Offline, give a local folder "
                                "in the Hugging Face layout") from e
+
+
+def nothing_imported(folder: Path) -> None:
+    """import_model with `source: none` leaves a folder that holds no model: say why."""
+    if (folder / "IMPORT.md").is_file() and not (folder / "config.json").is_file():
+        raise ModelSourceError(f"'{folder}' holds no model: import_model.source is none. Set import_model "
+                               "(docs/stages/import_model.md), e.g. `python scripts/exp_profile.py smollm2`")
 
 
 def parameter_count(model) -> int:

@@ -37,8 +37,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int):
 
 def load_pretrained(name_or_path: str):
     """A tokenizer from a local folder or hub id; it must have BOS and EOS tokens."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    from spark_trainer.modeling.causal_lm import nothing_imported
+
+    nothing_imported(Path(name_or_path))
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

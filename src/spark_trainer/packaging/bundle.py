@@ -6,7 +6,9 @@ evaluation summaries, lineage, a manifest, and an OpenSSF model-signing signatur
       model.onnx                input_ids -> logits, when package.onnx is true
       README.md                 Hugging Face model card with YAML metadata
       evaluation/<name>.json    copies of the evaluate stages' metrics
-      lineage.json              dvc.lock hashes of upstream stages, params hash, data hash
+      evaluation/base/<name>.json  the base model's, where package.base_evaluations names them
+      lineage.json              dvc.lock hashes of upstream stages, params hash, data hash, and the
+                                release override (null when package.release_override is not set)
       MANIFEST.json             sha256 of every file above; its own sha256 is the bundle digest
       model.sig                 model_signing's signature of every file, MANIFEST.json included
                                 (absent: unsigned, and MANIFEST.json, the card and the metrics say so)
@@ -25,7 +27,7 @@ import yaml
 
 from spark_trainer.errors import BundleError
 from spark_trainer.outputs import atomic_path, dumps_stable
-from spark_trainer.packaging import card, signing
+from spark_trainer.packaging import card, gates, signing
 from spark_trainer.params import PackageParams, read_yaml
 
 log = logging.getLogger(__name__)
@@ -42,20 +44,30 @@ def check_inputs(p: PackageParams, model_dir: Path) -> None:
     if missing:
         raise BundleError(f"{model_dir} lacks {missing}: package.model must be a Hugging Face layout folder "
                           "with safetensors weights and a tokenizer")
-    for name, path in p.evaluations.items():
-        if not Path(path).is_file():
-            raise BundleError(f"evaluation summary '{name}' ({path}, package.evaluations.{name}) not found: "
-                              "run its evaluate stage first or remove the entry")
+    for key, entries in (("evaluations", p.evaluations), ("base_evaluations", p.base_evaluations)):
+        for name, path in entries.items():
+            if not Path(path).is_file():
+                raise BundleError(f"evaluation summary '{name}' ({path}, package.{key}.{name}) not found: "
+                                  "run its evaluate stage first or remove the entry")
+    card.base_model(p.base_model)  # a base model the card cannot name stops the stage here
+
+
+def read_json(paths: dict[str, str]) -> dict[str, Any]:
+    return {name: json.loads(Path(path).read_text(encoding="utf-8")) for name, path in paths.items()}
 
 
 def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, Any]) -> dict[str, Any]:
-    """Write the bundle atomically; return a summary for the stage's metrics."""
+    """Write the bundle atomically; return a summary for the stage's metrics. A failed release
+    gate that package.release_override does not name stops it before any work."""
     check_inputs(p, model_dir)
+    evaluations, base = read_json(p.evaluations), read_json(p.base_evaluations)
+    found = gates.gates(evaluations)
+    lineage = {**lineage, "release_override": gates.check(p, found)}
     key = signing.load_private_key(p.signing_key)  # checked before any work
     if key is None:
         log.warning("no signing key configured (package.signing_key=%r): the bundle is marked unsigned",
                     p.signing_key)
-    evaluations = {name: json.loads(Path(path).read_text(encoding="utf-8")) for name, path in p.evaluations.items()}
+    signer = f"sha256:{key.fingerprint}" if key else None
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -65,8 +77,11 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
         for name, data in evaluations.items():
             (tmp / "evaluation").mkdir(exist_ok=True)
             (tmp / "evaluation" / f"{name}.json").write_text(dumps_stable(data), encoding="utf-8")
+        for name, data in base.items():  # the card's comparison, checkable from the bundle alone
+            (tmp / "evaluation" / "base").mkdir(parents=True, exist_ok=True)
+            (tmp / "evaluation" / "base" / f"{name}.json").write_text(dumps_stable(data), encoding="utf-8")
         (tmp / "lineage.json").write_text(dumps_stable(lineage), encoding="utf-8")
-        readme = card.render(p, evaluations, lineage, signed=key is not None)
+        readme = card.render(p, evaluations, lineage, signer, found, base)
         (tmp / "README.md").write_text(readme, encoding="utf-8")
         onnx = None
         if p.onnx:
@@ -79,10 +94,10 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
             signing.sign_bundle(tmp, key)
 
     files = signing.bundle_files(out_dir)
-    return {"name": p.name, "digest": digest, "signed": key is not None,
-            "signer": f"sha256:{key.fingerprint}" if key else None, "files": len(files),
+    return {"name": p.name, "digest": digest, "signed": key is not None, "signer": signer, "files": len(files),
             "bytes": sum((out_dir / f).stat().st_size for f in files),
-            "evaluations": sorted(evaluations), "onnx": onnx}
+            "evaluations": sorted(evaluations), "base_evaluations": sorted(base), "onnx": onnx,
+            "gates": {g.name: g.record() for g in found}, "release_override": lineage["release_override"]}
 
 
 # --------------------------------------------------------------------------- lineage

@@ -6,6 +6,12 @@ Versions are found through aliases (`champion`, `challenger`), never through the
 deprecated registry stages, and moved only by `move_alias`, which writes the audit record
 before the move. A version carries the bundle digest as a tag, so registering
 the same bundle twice returns the existing version.
+
+A version is an MLflow model in the transformers flavour (`mlflow models serve` and
+`mlflow.pyfunc.load_model` load it) whose `model` folder is the bundle, byte for byte, so
+the files MLflow serves are the files the manifest and signature cover. A quantized model
+folder is the exception: no flavour loads it (see `unservable_reason`), so it is logged as
+plain artifacts, the bundle at the version's source.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +36,12 @@ TAG_DIGEST = "spark_trainer.bundle_digest"
 TAG_SIGNED = "spark_trainer.signed"
 TAG_PROMOTED_FROM = "spark_trainer.promoted_from"   # on a champion: the version it replaced ('none')
 TAG_APPROVED_BY = "spark_trainer.approved_by"
+TAG_SIGNER = "spark_trainer.signer"
+TAG_FLAVOR = "spark_trainer.flavor"            # how the version's files were logged: FLAVOR or ARTIFACTS
+TAG_FLAVOR_REASON = "spark_trainer.flavor_reason"  # why a bundle was logged as plain artifacts
+FLAVOR = "transformers"
+ARTIFACTS = "artifacts"
+BUNDLE_DIR = "model"  # the transformers flavour's model folder (MLmodel's model_binary): the bundle
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -49,6 +62,16 @@ class Version:
         """What register recorded: a version without the tag counts as unsigned."""
         return self.tags.get(TAG_SIGNED) == "true"
 
+    @property
+    def flavor(self) -> str:
+        """A version registered before the flavour was logged holds plain artifacts."""
+        return self.tags.get(TAG_FLAVOR, ARTIFACTS)
+
+    @property
+    def bundle_source(self) -> str:
+        """Where the bundle's files are: the model folder of a transformers version."""
+        return f"{self.source.rstrip('/')}/{BUNDLE_DIR}" if self.flavor == FLAVOR else self.source
+
 
 def client(uri: str):
     from mlflow.tracking import MlflowClient
@@ -67,10 +90,12 @@ def _missing(e: Exception) -> bool:
 
 def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool, tags: dict[str, str],
                     experiment: str, alias: str | None, audit_path: str | Path,
-                    git_commit: str) -> tuple[Version, bool]:
-    """Log the bundle as a new model version (or find the one with the same digest) and
-    point `alias` at it, recorded in the audit log (`move_alias`); `alias` None (a DVC
-    experiment) moves nothing. Returns (version, created)."""
+                    git_commit: str, *, signer: str | None = None,
+                    max_new_tokens: int = 64) -> tuple[Version, bool]:
+    """Log the bundle as a new model version (or find the one with the same digest and
+    flavour) and point `alias` at it, recorded in the audit log (`move_alias`); `alias` None
+    (a DVC experiment) moves nothing. `max_new_tokens`: what the served model generates when
+    a request does not say. Returns (version, created)."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -80,32 +105,139 @@ def register_bundle(uri: str, name: str, bundle: Path, digest: str, signed: bool
         if not _missing(e):
             raise
         c.create_registered_model(name, description="Bundles built by the SparkTrainer package stage.")
-    same = [v for v in c.search_model_versions(f"name='{name}'") if (v.tags or {}).get(TAG_DIGEST) == digest]
+    reason = unservable_reason(bundle)
+    flavor = ARTIFACTS if reason else FLAVOR
+    # A bundle registered as plain artifacts before the flavour was logged is registered
+    # once more, servable; after that the digest finds it.
+    same = [v for v in map(_version, c.search_model_versions(f"name='{name}'"))
+            if v.tags.get(TAG_DIGEST) == digest and v.flavor == flavor]
     if same:
-        version = _version(min(same, key=lambda v: int(v.version)))
+        version = min(same, key=lambda v: int(v.version))
         log.info("bundle %s is already version %s of '%s': not registering it again", digest, version.version, name)
         created = False
     else:
+        tags = {TAG_DIGEST: digest, TAG_SIGNED: str(signed).lower(), TAG_SIGNER: signer or "none",
+                TAG_FLAVOR: flavor, **({TAG_FLAVOR_REASON: reason} if reason else {}), **tags}
         exp = c.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
-        run = c.create_run(exp_id, run_name=f"register {name}", tags={TAG_DIGEST: digest, **tags})
-        # The headline evaluation numbers as metrics of the run the version links to, so the
-        # registry UI shows them as numbers, not only as the version's string tags.
-        from mlflow.entities import Metric
-
-        c.log_batch(run.info.run_id, metrics=[Metric(k.removeprefix("metric."), float(v), 0, 0)
-                                              for k, v in sorted(tags.items()) if k.startswith("metric.")])
-        c.log_artifacts(run.info.run_id, str(bundle), artifact_path="bundle")
-        c.set_terminated(run.info.run_id)
-        source = c.get_run(run.info.run_id).info.artifact_uri.rstrip("/") + "/bundle"
-        mv = c.create_model_version(name, source=source, run_id=run.info.run_id,
-                                    tags={TAG_DIGEST: digest, TAG_SIGNED: str(signed).lower(), **tags})
+        run_id = c.create_run(exp_id, run_name=f"register {name}", tags=tags).info.run_id
+        try:
+            if reason:
+                log.warning("%s is logged as plain artifacts, which `mlflow models serve` cannot serve: %s",
+                            bundle, reason)
+                _log_metrics(c, run_id, None, tags)
+                c.log_artifacts(run_id, str(bundle), artifact_path="bundle")
+                source, model_id = c.get_run(run_id).info.artifact_uri.rstrip("/") + "/bundle", None
+            else:
+                source, model_id = _log_transformers_model(c, exp_id, run_id, bundle, tags, max_new_tokens)
+        except BaseException:
+            c.set_terminated(run_id, "FAILED")
+            raise
+        c.set_terminated(run_id)
+        # The logged model's own artifact location as source (not `models:/<id>`, which the
+        # registry resolves through the process-wide tracking URI, not this client's).
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id)
         version, created = _version(mv), True
-        log.info("registered %s as version %s of '%s'", bundle, version.version, name)
+        log.info("registered %s as version %s of '%s' (%s)", bundle, version.version, name, flavor)
     if alias is not None:
         move_alias(uri, name, alias, version.version, audit_path,
                    {"action": "register", "digest": digest, "git_commit": git_commit})
     return version, created
+
+
+def unservable_reason(bundle: Path) -> str | None:
+    """Why the bundle cannot be logged in the transformers flavour; None when it can."""
+    from spark_trainer.modeling import quantize
+
+    marker = bundle / quantize.MARKER
+    if not marker.is_file():
+        return None
+    method = json.loads(marker.read_text(encoding="utf-8")).get("method")
+    return (f"a {method} quantized model: transformers' from_pretrained, which the flavour loads with, "
+            "does not rebuild torch dynamic int8 weights (stored unpacked) and loads bitsandbytes weights "
+            "only on a CUDA machine; load it with spark_trainer.modeling.quantize.load_quantized")
+
+
+def _log_metrics(c, run_id: str, model_id: str | None, tags: dict[str, str]) -> None:
+    """The headline evaluation numbers as metrics of the run the version links to (and of
+    its logged model), so the registry UI shows them as numbers, not only as string tags."""
+    from mlflow.entities import Metric
+
+    c.log_batch(run_id, metrics=[Metric(k.removeprefix("metric."), float(v), 0, 0, model_id=model_id)
+                                 for k, v in sorted(tags.items()) if k.startswith("metric.")])
+
+
+def _log_transformers_model(c, exp_id: str, run_id: str, bundle: Path, tags: dict[str, str],
+                            max_new_tokens: int) -> tuple[str, str]:
+    """Log the bundle as an MLflow model of the run; returns (its artifact location, model id)."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    logged = c.create_logged_model(exp_id, name=BUNDLE_DIR, source_run_id=run_id, tags=tags, model_type="llm")
+    try:
+        _log_metrics(c, run_id, logged.model_id, tags)
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+            path = Path(tmp) / "model"
+            save_transformers_model(bundle, path, tags, max_new_tokens, logged.artifact_location, logged.model_id,
+                                    run_id)
+            c.log_model_artifacts(logged.model_id, str(path))
+        c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    except BaseException:
+        c.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    c.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return logged.artifact_location, logged.model_id
+
+
+def save_transformers_model(bundle: Path, path: Path, metadata: dict[str, str], max_new_tokens: int,
+                            artifact_location: str | None = None, model_id: str | None = None,
+                            run_id: str | None = None) -> None:
+    """The bundle as an MLflow transformers-flavour text-generation model at `path`: a
+    signature (a prompt in, its continuation out, param max_new_tokens), greedy decoding,
+    the bundle's card, `metadata` (digest, signing state, lineage, headline metrics) in
+    MLmodel, and the bundle itself as the model folder.
+
+    Nothing that loads it runs code from the bundle: the weights are safetensors (a pickle
+    would have failed verification), and MLflow passes trust_remote_code=True only for a
+    model or tokenizer class transformers does not ship, which is refused here."""
+    import importlib.metadata
+
+    import mlflow.transformers
+    import transformers
+    from huggingface_hub import ModelCard
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from spark_trainer.errors import BundleError
+    from spark_trainer.modeling import causal_lm, tokenizer
+
+    local = str(bundle.resolve())  # absolute: MLflow looks a name like dist/x up on the hub (card, license)
+    model, tok = causal_lm.load_pretrained(local), tokenizer.load_pretrained(local)
+    for what, cls in (("model", type(model).__name__), ("tokenizer", type(tok).__name__)):
+        if not hasattr(transformers, cls):
+            raise BundleError(f"{bundle}: the {what} class {cls} is not part of transformers; MLflow would load "
+                              "it with trust_remote_code=True, running code from the bundle. Package a model "
+                              "whose architecture transformers ships")
+    signature = ModelSignature(Schema([ColSpec("string")]), Schema([ColSpec("string")]),
+                               ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens)]))
+    card = bundle / "README.md"
+    mlflow.transformers.save_model(
+        {"model": model, "tokenizer": tok}, str(path), task="text-generation", signature=signature,
+        input_example=(["2 plus 3 is"], {"max_new_tokens": max_new_tokens}), metadata=metadata,
+        mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id,
+                           **({"model_uuid": model_id} if model_id else {})),
+        model_card=ModelCard.load(card) if card.is_file() else None,
+        model_config={"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False},
+        # Pinned to this environment; MLflow's default list asks for torchvision, not installed.
+        pip_requirements=[f"{p}=={importlib.metadata.version(p)}"
+                          for p in ("mlflow", "transformers", "torch", "safetensors", "tokenizers")])
+    # MLflow's route for a model folder (save_local_checkpoint) copies it as the model folder,
+    # but fails on transformers 5 (check_task names the pipeline class as a string); do what
+    # it does, so the weights served are the bundle's, byte for byte, manifest and signature beside.
+    shutil.rmtree(path / BUNDLE_DIR)
+    shutil.copytree(bundle, path / BUNDLE_DIR)
+    mlmodel = Model.load(str(path))
+    mlmodel.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    mlmodel.save(str(path / "MLmodel"))
 
 
 def resolve_alias(uri: str, name: str, alias: str) -> Version | None:
@@ -156,10 +288,10 @@ def download_bundle(uri: str, version: Version, dst: Path | None = None) -> Path
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     dst = dst or Path(tempfile.mkdtemp(prefix=f"bundle-{version.name}-v{version.version}-"))
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.bundle_source, dst_path=str(dst),
                                                         tracking_uri=uri))
     except Exception as e:
-        raise RegistryError(f"could not fetch the files of {version.uri} from {version.source}: {e}; "
+        raise RegistryError(f"could not fetch the files of {version.uri} from {version.bundle_source}: {e}; "
                             "the artifact store may have lost them; register the bundle again") from e
 
 
@@ -275,7 +407,8 @@ def fetch_verified(uri: str, version: Version, p, extra_keys: tuple = ()) -> Pat
     expected = version.tags.get(TAG_DIGEST)
     if check.problems or (expected and check.digest != expected):
         problems = check.problems or [f"digest {check.digest} != registered {expected}"]
-        raise BundleError(f"{version.uri} fetched from {version.source} does not verify:\n  " + "\n  ".join(problems))
+        raise BundleError(f"{version.uri} fetched from {version.bundle_source} does not verify:\n  "
+                          + "\n  ".join(problems))
     return local
 
 

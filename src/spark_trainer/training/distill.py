@@ -23,8 +23,41 @@ def build_student(cfg: StudentParams, teacher, tokenizer, seed: int):
             raise ModelSourceError(f"student '{cfg.pretrained}' has vocab size {student.config.vocab_size}, the "
                                    f"teacher {teacher.config.vocab_size}: distillation needs the same vocabulary")
         return student
+    if cfg.source == "teacher_layers":
+        return from_teacher_layers(teacher, cfg.num_layers)
     sizes = ModelParams(**cfg.model_dump(), max_position_embeddings=teacher.config.max_position_embeddings)
     return causal_lm.build_from_config(sizes, tokenizer, seed)
+
+
+def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """`student_layers` indices spread evenly over the teacher's, first and last included."""
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def from_teacher_layers(teacher, num_layers: int):
+    """A copy of the teacher keeping `num_layers` of its decoder layers (embeddings, final
+    norm and head kept): a student that starts from what the teacher knows."""
+    import copy
+
+    from spark_trainer.errors import ParamsError
+
+    layers = teacher.model.layers
+    if num_layers >= len(layers):
+        raise ParamsError(f"distill.student.num_layers {num_layers} must be below the teacher's {len(layers)} layers "
+                          "for source teacher_layers")
+    keep = kept_layers(len(layers), num_layers)
+    student = copy.deepcopy(teacher)
+    student.model.layers = type(layers)([student.model.layers[i] for i in keep])
+    for new_index, layer in enumerate(student.model.layers):
+        layer.self_attn.layer_idx = new_index  # the KV cache is indexed by position in the stack
+    student.config.num_hidden_layers = num_layers
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [student.config.layer_types[i] for i in keep]
+    for param in student.parameters():
+        param.requires_grad_(True)
+    return student
 
 
 def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):

@@ -16,6 +16,8 @@ import math
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +62,40 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
         shutil.rmtree(child)
 
 
-def precision_flags(mixed_precision: str) -> tuple[bool, bool]:
-    """(bf16, fp16) for the Trainer: `auto` picks bf16, else fp16, on a GPU, and fp32 on CPU."""
+# On a CPU, bf16 autocast pays only where the matmuls are wide enough for the bf16 matrix
+# units to win back the casts it adds on every forward (benchmarks/train_precision.py, 2-core
+# AMX Xeon, batch 16 x 128 tokens, per step against fp32: ...).
+CPU_BF16_MIN_HIDDEN_SIZE = 256
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """AMX-BF16 tiles. AVX512-BF16 alone is not enough: torch's bf16 matmul there ran at
+    about 0.65x its fp32 speed (2048 x 2048, oneDNN capped at AVX512_CORE_BF16)."""
+    import torch
+
+    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+
+
+def model_hidden_size(model) -> int:
+    """The narrowest hidden size among the model's configs (an encoder-decoder has two); 0 if none."""
+    config = model.config
+    parts = [config] + [getattr(config, k, None) for k in ("encoder", "decoder", "text_config", "vision_config")]
+    return min((c.hidden_size for c in parts if c is not None and hasattr(c, "hidden_size")), default=0)
+
+
+def precision_flags(mixed_precision: str, model=None) -> tuple[bool, bool]:
+    """(bf16, fp16) for the Trainer. `auto`: bf16, else fp16, on a GPU; on a CPU, bf16 autocast
+    when it has bf16 matrix units and `model` is at least CPU_BF16_MIN_HIDDEN_SIZE wide, else
+    fp32 (also when no model is given)."""
     import torch
 
     cuda = torch.cuda.is_available()
     if mixed_precision == "auto":
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        return bf16, cuda and not bf16
+        if not cuda:
+            wide = model is not None and model_hidden_size(model) >= CPU_BF16_MIN_HIDDEN_SIZE
+            return wide and cpu_has_bf16_matrix_units(), False
+        bf16 = torch.cuda.is_bf16_supported()
+        return bf16, not bf16
     if mixed_precision == "fp16" and not cuda:
         raise ParamsError("efficiency.mixed_precision: fp16 needs a CUDA GPU; use auto, fp32 or bf16 on CPU")
     return mixed_precision == "bf16", mixed_precision == "fp16"
@@ -80,13 +108,16 @@ def apply_efficiency(model, efficiency: EfficiencyParams) -> None:
         model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
 
 
-def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False):
+def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False, args_class=None,
+                       model=None, **extra: Any):
+    """TrainingArguments from the loop params (or `args_class`, a subclass such as TRL's
+    SFTConfig, with its own `extra` settings); `model` sizes `mixed_precision: auto` on a CPU."""
     import torch
     from transformers import TrainingArguments
 
-    bf16, fp16 = precision_flags(p.efficiency.mixed_precision)
+    bf16, fp16 = precision_flags(p.efficiency.mixed_precision, model)
     early = evaluate and p.efficiency.early_stopping_patience > 0
-    return TrainingArguments(
+    return (args_class or TrainingArguments)(
         output_dir=str(output_dir),
         max_steps=p.max_steps,
         per_device_train_batch_size=p.batch_size,
@@ -116,7 +147,26 @@ def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False):
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
+        **extra,
     )
+
+
+@contextmanager
+def autocast(mixed_precision: str, model) -> Iterator[None]:
+    """Evaluation in the precision training uses (`efficiency.mixed_precision`)."""
+    import torch
+
+    bf16, fp16 = precision_flags(mixed_precision, model)
+    device = model.device.type
+    with torch.autocast(device, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=bf16 or fp16):
+        yield
+
+
+def write_empty_curve(live_dir: Path) -> None:
+    """The dvclive layout without a step: what `dvc plots` reads when nothing was trained."""
+    folder = live_dir / "plots" / "metrics" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loss.tsv").write_text("step\tloss\n")
 
 
 def live_callback(live, tokens_per_step: int):
@@ -157,17 +207,20 @@ def live_callback(live, tokens_per_step: int):
 
 def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
                     run_fingerprint: str, extra_callbacks: tuple = (), eval_dataset=None,
-                    trainer_class=None, trainer_kwargs: dict | None = None) -> TrainOutcome:
+                    trainer_class=None, trainer_kwargs: dict | None = None, args_class=None,
+                    args_extra: dict | None = None, tokens_per_step: int | None = None) -> TrainOutcome:
     """Train `model` on packed blocks with the HF Trainer (or `trainer_class`, a subclass
-    with its own loss), resuming when possible. With early stopping on, `eval_dataset`
-    is evaluated every `efficiency.eval_steps` and the best checkpoint is kept."""
+    with its own loss or data handling such as TRL's SFTTrainer, with `args_class` and
+    `args_extra`), resuming when possible. With early stopping on, `eval_dataset` is
+    evaluated every `efficiency.eval_steps` and the best checkpoint is kept."""
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
     apply_efficiency(model, p.efficiency)
     resume = resume_point(checkpoint_dir, run_fingerprint)
     if resume:
         log.info("resuming from %s", resume)
-    tokens_per_step = p.batch_size * p.gradient_accumulation_steps * int(train_dataset.blocks.shape[1])
+    if tokens_per_step is None:
+        tokens_per_step = p.batch_size * p.gradient_accumulation_steps * int(train_dataset.blocks.shape[1])
     callbacks = list(extra_callbacks)
     early = eval_dataset is not None and p.efficiency.early_stopping_patience > 0
     if early:
@@ -178,10 +231,10 @@ def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_
 
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False)
         callbacks.insert(0, live_callback(live, tokens_per_step))
+    kwargs = {"data_collator": default_data_collator, **(trainer_kwargs or {})}
     trainer = (trainer_class or Trainer)(
-        model=model, args=training_arguments(p, checkpoint_dir, evaluate=early), train_dataset=train_dataset,
-        eval_dataset=eval_dataset if early else None, data_collator=default_data_collator, callbacks=callbacks,
-        **(trainer_kwargs or {}))
+        model=model, args=training_arguments(p, checkpoint_dir, early, args_class, model, **(args_extra or {})),
+        train_dataset=train_dataset, eval_dataset=eval_dataset if early else None, callbacks=callbacks, **kwargs)
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:
