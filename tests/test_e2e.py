@@ -13,7 +13,7 @@ from spark_trainer.tracking import lock_deps_hash
 from tests.conftest import pipeline_copy, run_ok
 
 pytestmark = pytest.mark.e2e
-METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json",
+METRICS = {"sample": "metrics/sample.json", "prepare": "metrics/prepare.json", "import_model": "metrics/import_model.json",
            "quality_gates": "metrics/quality_gates.json", "train": "metrics/train.json",
            "lora@arithmetic": "metrics/lora/arithmetic.json", "lora@world_facts": "metrics/lora/world_facts.json",
            "quantize": "metrics/quantize.json",
