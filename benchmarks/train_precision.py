@@ -105,7 +105,7 @@ class Model:
         elif (Path(ref) / "config.json").is_file():
             self.tok = AutoTokenizer.from_pretrained(ref)
         else:
-            sys.exit(f"{ref}: not a Hugging Face model folder. Import one first (`python scripts/profile.py "
+            sys.exit(f"{ref}: not a Hugging Face model folder. Import one first (`python scripts/exp_profile.py "
                      f"smollm2` writes models/imported), name another in --models, or use --models {CONFIG}")
 
     def load(self):

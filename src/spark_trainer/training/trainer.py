@@ -63,14 +63,17 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
 
 
 # On a CPU, bf16 autocast pays only where the matmuls are wide enough for the bf16 matrix
-# units to win back the casts it adds on every forward (benchmarks/train_precision.py, 2-core
-# AMX Xeon, batch 16 x 128 tokens, per step against fp32: ...).
+# units to win back the casts it adds to every step. Speed against fp32 by hidden size on an
+# AMX Xeon (benchmarks/train_precision.py, LoRA, 8 x 128 tokens a step, one thread): 128 (the
+# default model) 0.87x, 192 1.04x, 256 1.13x, 384 1.20x, 576 (SmolLM2-135M) 1.47x; full
+# training crosses over at the same place (128: 0.94x, 256: 1.34x). Hidden size, not parameter
+# count, decides: 16 layers at 128 (3.5M parameters) are slower in bf16, 4 at 256 (3.5M) faster.
 CPU_BF16_MIN_HIDDEN_SIZE = 256
 
 
 def cpu_has_bf16_matrix_units() -> bool:
     """AMX-BF16 tiles. AVX512-BF16 alone is not enough: torch's bf16 matmul there ran at
-    about 0.65x its fp32 speed (2048 x 2048, oneDNN capped at AVX512_CORE_BF16)."""
+    about 0.6x its fp32 speed (2048 x 2048, oneDNN capped at AVX512_CORE_BF16)."""
     import torch
 
     return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
