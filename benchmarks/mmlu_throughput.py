@@ -77,8 +77,8 @@ def main() -> None:
                   f"identical predictions: {not differ}", flush=True)
             if differ:
                 failed.append(f"k={k} {fmt}: {len(differ)} questions, first {differ[:5]}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            args.out.parent.mkdir(parents=True, exist_ok=True)  # after each run: a long one may be stopped
+            args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     if failed:
         sys.exit("predictions differ from lm-eval's: " + "; ".join(failed))

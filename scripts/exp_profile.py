@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="one more override after the profile's (repeatable), as in dvc exp run -S")
     parser.add_argument("targets", nargs="*", help="stages to run up to (default: all)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # targets may follow -S options
     name = args.name or args.profile
     if args.save:
         for path in profiles.save_results(name):

@@ -62,6 +62,8 @@ def with_value(dotted: str, value: str) -> tuple[str, dict]:
             for part in pinned.split(".")[1:]:
                 node = node[part]
             node["checkpoint_sha256"] = "0" * 64
+    if dotted == "import_model.folder" and value != "":  # a folder is read only with source: folder
+        raw["source"], raw["sha256"] = "folder", "0" * 64
     return section, raw
 
 

@@ -292,7 +292,7 @@ def test_a_student_cut_from_the_teacher_keeps_evenly_spaced_layers(base):
     kept = distill.kept_layers(len(teacher.model.layers), 1)[0]
     assert torch.equal(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[kept].mlp.up_proj.weight)
     assert causal_lm.parameter_count(student) < causal_lm.parameter_count(teacher)
-    out = student.generate(input_ids=blocks[:1, :8], max_new_tokens=3, do_sample=False)  # the KV cache works
+    out = student.generate(input_ids=blocks[:1, :8], max_new_tokens=3, min_new_tokens=3, do_sample=False)  # KV cache
     assert out.shape == (1, 11)
     with pytest.raises(ParamsError, match="must be below the teacher's 2 layers"):
         distill.from_teacher_layers(teacher, 2)

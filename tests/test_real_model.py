@@ -67,10 +67,12 @@ def test_smollm2_profile_runs_the_lm_branch_on_the_real_model(smoke_pipeline, tm
     assert adapter["total_parameters"] > SMOLLM2_PARAMETERS  # base + adapter
 
     quantized = metrics("quantize.json")
-    assert quantized["method"] == "dynamic_int8" and quantized["file_size_ratio"] < 0.5
+    # the Linear layers become int8; the tied embedding/output head (21% of the weights) stays fp32
+    assert quantized["method"] == "dynamic_int8" and 0.5 < quantized["file_size_ratio"] < 0.7
     for name in ("base", "quantized"):
         mmlu = metrics(f"evaluate_mmlu/{name}.json")
-        assert mmlu["num_fewshot"] == 1 and 0 <= mmlu["letter"]["acc"] <= 1 and 0 <= mmlu["continuation"]["acc"] <= 1
+        assert mmlu["num_fewshot"] == 1
+        assert all(0 <= mmlu[fmt]["acc"]["overall"]["acc"] <= 1 for fmt in ("letter", "continuation"))
 
     # the experiment is in DVC's list, and --save copies what it committed
     listed = run_ok(["dvc", "exp", "show", "--no-pager", "--csv"], root, env)[0]
