@@ -17,7 +17,7 @@ no alias moves: aliases move only from the branch workspace or through scripts/a
 
 import logging
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.canary import adapters, analysis, promotion, report, traffic
 from spark_trainer.canary.replay import Replayer
 from spark_trainer.outputs import write_metrics, write_text_atomic, write_timings
@@ -39,6 +39,7 @@ def main() -> None:
     t = load_section("quality_gates").toxicity  # type: ignore[attr-defined]
     uri = tracking.tracking_uri(load_section("tracking"))  # type: ignore[arg-type]
     local = promotion.local_champion(p)  # checked before any compute
+    device = devices.stage_device("canary_promote")  # in_process serving and Detoxify
     timer = Timer()
     items = traffic.build(p.traffic, probes)
 
@@ -60,15 +61,15 @@ def main() -> None:
         # Every registry version the report names is fetched and verified, whatever serves it:
         # the report states what verification proved about it, not what a tag claims.
         challenger_dir, challenger_facts = promotion.fetch_bundle(uri, challenger, reg)
-        served = {"challenger": adapters.build(p.serving.challenger, challenger_dir, p.serving.timeout_s)}
+        served = {"challenger": adapters.build(p.serving.challenger, challenger_dir, p.serving.timeout_s, device)}
         champion_facts: dict = {}
         if local is not None:
-            served["champion"] = adapters.build(p.serving.champion, local, p.serving.timeout_s)
+            served["champion"] = adapters.build(p.serving.champion, local, p.serving.timeout_s, device)
         elif champion is not None:
             champion_dir, champion_facts = promotion.fetch_bundle(uri, champion, reg)
-            served["champion"] = adapters.build(p.serving.champion, champion_dir, p.serving.timeout_s)
+            served["champion"] = adapters.build(p.serving.champion, champion_dir, p.serving.timeout_s, device)
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                       t.batch_size, t.checkpoint_sha256)
+                                       t.batch_size, t.checkpoint_sha256, device)
 
     def score(item, reply):
         return traffic.score(item, reply, bool(toxicity.flagged(scorer.score([reply])[0], t.thresholds)), probes)

@@ -10,27 +10,29 @@ Metrics: student/teacher parameter ratio, val perplexity of both, next-token agr
 
 import math
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import DistillParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import distill, packing, trainer
+from spark_trainer.training import distill, launch, packing, trainer
 
 
 @entrypoint
 def main() -> None:
     args = path_args(__doc__, "teacher", "data_dir", "out_dir", "checkpoints", "plots", "metrics")
     p: DistillParams = load_section("distill")
+    device = devices.stage_device("distill")
+    launch.relaunch("distill", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
     if p.torch_threads:
         import torch
 
         torch.set_num_threads(p.torch_threads)
     timer = Timer()
 
-    teacher = causal_lm.load_pretrained(str(args.teacher), produced_by="lora").float()
+    teacher = causal_lm.load_pretrained(str(args.teacher), produced_by="lora").float().to(device)
     tok = load_pretrained(str(args.teacher))
     student = distill.build_student(p.student, teacher, tok, p.seed)
     train_texts = [it["text"] for it in read_manifest(args.data_dir / "train.jsonl")]
@@ -42,7 +44,12 @@ def main() -> None:
     with timer.phase("train"):
         outcome = trainer.train_model(student, packing.BlockDataset(train), p, args.checkpoints, args.plots,
                                       run_fingerprint, eval_dataset=packing.BlockDataset(val),
-                                      trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature))
+                                      trainer_class=distill.distillation_trainer(teacher, p.alpha, p.temperature),
+                                      system_metrics=tracking.system_metrics("distill"), device=device)
+        student = outcome.model or student  # gathered on rank 0 when the weights were sharded
+    if not devices.is_main_process():
+        return  # rank 0 evaluates and writes the outputs
+    student.to(device)
     with timer.phase("evaluate"), trainer.autocast(p.efficiency.mixed_precision, student):
         student_loss = trainer.mean_loss(student, val, p.batch_size)
         teacher_loss = trainer.mean_loss(teacher, val, p.batch_size)
@@ -60,6 +67,8 @@ def main() -> None:
         "parameter_ratio": student_params / teacher_params,
         "student_source": p.student.source,
         "steps": outcome.global_step,
+        "processes": devices.world_size(),
+        "global_batch_size": p.batch_size * devices.world_size() * p.gradient_accumulation_steps,
         "val_perplexity_student": math.exp(student_loss),
         "val_perplexity_teacher": math.exp(teacher_loss),
         "perplexity_ratio": math.exp(student_loss - teacher_loss),

@@ -13,7 +13,7 @@ segm mAP / AP50 / AP75 come from pycocotools.
 import json
 import logging
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.errors import InputDataError
 from spark_trainer.evaluation import coco
 from spark_trainer.modeling.captioner import Captioner, decode_jpegs
@@ -31,6 +31,7 @@ def main() -> None:
 
     p: EvaluateCocoParams = load_section("evaluate_coco")
     tokenizer = coco.resolve_tokenizer(p.tokenizer)
+    device = devices.stage_device("evaluate_coco")
     timer = Timer()
     split = json.loads(args.split.read_text(encoding="utf-8"))
     rows = {f["frame_id"]: f for f in read_frames(args.frames_dir)}
@@ -41,7 +42,7 @@ def main() -> None:
     references = {fid: [rows[fid]["caption"]] for fid in held}
 
     with timer.phase("generate"):
-        captioner = Captioner(str(args.model))
+        captioner = Captioner(str(args.model), device)
         texts = captioner.caption(decode_jpegs([rows[fid]["jpeg"] for fid in held]), p.max_new_tokens, p.batch_size)
     predictions = dict(zip(held, texts, strict=True))
     baseline = coco.constant_caption([rows[fid]["caption"] for fid in split["train"] if fid in rows])

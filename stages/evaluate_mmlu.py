@@ -7,12 +7,13 @@ dvc.yaml runs it once per entry of `evaluate_mmlu.models` (foreach). For each fo
 params: accuracy overall, per subject and per category with standard errors (and acc_norm
 for the continuation format), expected calibration error, and reliability-diagram data
 for `dvc plots`. Per-question predictions and choice probabilities go to the JSONL file.
-The model runs in `evaluate_mmlu.dtype` (recorded as `dtype`; a quantized model as it is).
+The model runs on `compute.device`, in `evaluate_mmlu.dtype` (recorded as `dtype`; a quantized
+model as it is).
 """
 
 from pathlib import Path
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.evaluation import calibration, mmlu
 from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import load_pretrained
@@ -28,6 +29,7 @@ def main() -> None:
     args = path_args(__doc__, "name", "model_dir", "metrics", "predictions", "plots")
     p: EvaluateMmluParams = load_section("evaluate_mmlu")
     name = str(args.name)
+    device = devices.stage_device(f"evaluate_mmlu@{name}")
     timer = Timer()
 
     if p.hub_dataset:
@@ -37,12 +39,12 @@ def main() -> None:
     shots = mmlu.fewshot_counts(dev, p.num_fewshot, p.short_dev)
 
     produced_by = PRODUCERS.get(name, "lora" if name.startswith("lora") else None)
-    model = causal_lm.load_for_inference(args.model_dir, produced_by=produced_by)
+    model = causal_lm.load_for_inference(args.model_dir, produced_by=produced_by, device=device)
     tok = load_pretrained(str(args.model_dir))
     if (Path(args.model_dir) / quantize.MARKER).is_file():
         dtype = "quantized"  # scored as its quantization computes; evaluate_mmlu.dtype does not apply
     else:
-        dtype = mmlu.choose_dtype(p.dtype, model)
+        dtype = mmlu.choose_dtype(p.dtype, model, device)
         mmlu.cast(model, dtype)
 
     metrics = {"model": name, "num_fewshot": p.num_fewshot, "fewshot_used": shots, "dtype": dtype,

@@ -8,10 +8,11 @@ quality gates' backend (Detoxify with a checkpoint, else its configured fallback
 metrics say which ran). Prompts go through the model's chat template when it has one
 (evaluate_safety.chat). Writes per probe the pass rate against its minimum, severity,
 failing and refused ids and failure examples, the critical issue count and
-recommendations, as metrics and as a Markdown report.
+recommendations, as metrics and as a Markdown report. The model and Detoxify run on
+`compute.device`.
 """
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.evaluation import safety
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling.tokenizer import load_pretrained
@@ -27,16 +28,17 @@ def main() -> None:
     p: EvaluateSafetyParams = load_section("evaluate_safety")
     gates: QualityGatesParams = load_section("quality_gates")
     t = gates.toxicity  # the same backend settings as the quality gates
+    device = devices.stage_device("evaluate_safety")  # the model's and the toxicity scorer's
     timer = Timer()
     toxic_prompts = safety.read_probes(args.probes / "toxicity_prompts.jsonl", ("id", "prompt"))
     pairs = safety.read_probes(args.probes / "bias_pairs.jsonl", ("id", "category", "stereotyped", "anti_stereotyped"))
     attacks = safety.read_probes(args.probes / "jailbreak.jsonl", ("id", "kind", "attack", "prompt"))
-    model = causal_lm.load_for_inference(args.model_dir, produced_by="lora")
+    model = causal_lm.load_for_inference(args.model_dir, produced_by="lora", device=device)
     tok = load_pretrained(str(args.model_dir))
     chat = safety.use_chat(tok, p.chat, args.model_dir)
     system = p.system_prompt.format(canary=p.canary)
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                   t.batch_size, t.checkpoint_sha256)
+                                   t.batch_size, t.checkpoint_sha256, device)
 
     with timer.phase("toxicity"):
         prompts = [safety.probe_prompt(tok, system, r["prompt"], chat, r["prompt"]) for r in toxic_prompts]

@@ -12,7 +12,7 @@ in spark_trainer/data/manifest.py), so the same inputs give the same bytes.
 import json
 import logging
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data.manifest import build_timestamp
 from spark_trainer.errors import InputDataError
 from spark_trainer.outputs import atomic_path, write_jsonl_atomic, write_metrics, write_timings
@@ -29,6 +29,7 @@ def main() -> None:
 
     p: IngestVideoParams = load_section("ingest_video")
     created_at = build_timestamp()  # checks SOURCE_DATE_EPOCH before any work
+    device = devices.stage_device("ingest_video")  # Whisper and the hf captioner, when configured
     timer = Timer()
     truth = None
     if p.ground_truth:
@@ -41,7 +42,7 @@ def main() -> None:
 
     with timer.phase("ingest"), atomic_path(args.out_dir) as tmp:
         tmp.mkdir()
-        result = ingest_folder(args.source, p, truth, created_at, tmp)
+        result = ingest_folder(args.source, p, truth, created_at, tmp, device)
         for rel, data in result.files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)

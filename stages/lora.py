@@ -11,14 +11,14 @@ as gain on the target subjects and forgetting on the others.
 
 import logging
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.errors import ParamsError
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import LoraParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import lora, packing, sft, trainer
+from spark_trainer.training import launch, lora, packing, sft, trainer
 
 log = logging.getLogger("lora")
 
@@ -31,13 +31,18 @@ def main() -> None:
     if name not in p.specialisations:
         raise ParamsError(f"no specialisation '{name}' in lora.specialisations ({', '.join(p.specialisations)})")
     subjects = set(p.specialisations[name].subjects)
+    device = devices.stage_device(f"lora@{name}")
+    launch.relaunch(f"lora@{name}", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
+    if p.qlora and launch.shards_parameters(p.launcher):
+        raise ParamsError("lora.qlora with a sharding launcher config (ZeRO-3, FSDP): the 4-bit base cannot be "
+                          "sharded here; use configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
     if p.torch_threads:
         import torch
 
         torch.set_num_threads(p.torch_threads)
     timer = Timer()
 
-    model = lora.load_base(args.base, p.qlora)
+    model = lora.load_base(args.base, p.qlora, device)
     tok = load_pretrained(str(args.base))
     train_items = [it for it in read_manifest(args.data_dir / "train.jsonl") if it["metadata"]["subject"] in subjects]
     val_items = read_manifest(args.data_dir / "val.jsonl")
@@ -62,7 +67,7 @@ def main() -> None:
         evaluate = lambda: trainer.subject_losses(model, tok, val_items, p.block_size, p.batch_size)
 
     with timer.phase("evaluate_before"), trainer.autocast(p.efficiency.mixed_precision, model):
-        before = evaluate()
+        before = evaluate() if devices.is_main_process() else {}  # the other ranks only train
     model = lora.attach(model, p.rank, p.alpha, p.dropout, lora.resolve_target_modules(model, p.target_modules),
                        p.seed)
     trainable, total = lora.parameter_counts(model)
@@ -79,11 +84,16 @@ def main() -> None:
                 eval_dataset=sft.as_dataset(target_val) if target_val else None, trainer_class=SFTTrainer,
                 trainer_kwargs={"processing_class": tok, "data_collator": None}, args_class=SFTConfig,
                 args_extra=sft.sft_settings(p.block_size),
-                tokens_per_step=p.batch_size * p.gradient_accumulation_steps * p.block_size)
+                tokens_per_step=p.batch_size * p.gradient_accumulation_steps * p.block_size,
+                system_metrics=tracking.system_metrics(f"lora@{name}"), device=device)
         else:
             outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, args.checkpoints, args.plots,
                                           run_fingerprint, eval_dataset=None if val_blocks is None
-                                          else packing.BlockDataset(val_blocks))
+                                          else packing.BlockDataset(val_blocks),
+                                          system_metrics=tracking.system_metrics(f"lora@{name}"), device=device)
+        model = outcome.model or model  # gathered on rank 0 when the weights were sharded
+    if not devices.is_main_process():
+        return  # rank 0 evaluates and writes the outputs
     with timer.phase("evaluate_after"), trainer.autocast(p.efficiency.mixed_precision, model):
         after = evaluate()
 
@@ -105,6 +115,8 @@ def main() -> None:
         "total_parameters": total,
         "trainable_fraction": trainable / total,
         "steps": outcome.global_step,
+        "processes": devices.world_size(),
+        "global_batch_size": p.batch_size * devices.world_size() * p.gradient_accumulation_steps,
         "val_loss_before": before,
         "val_loss_after": after,
         "target_loss_before": mean(before, targets),

@@ -10,7 +10,7 @@ and recall against it.
 
 import json
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data import validation
 from spark_trainer.data.manifest import read_manifest, sha256_bytes
 from spark_trainer.data.splits import SPLITS
@@ -25,12 +25,13 @@ from spark_trainer.stage import Timer, entrypoint, path_args
 def main() -> None:
     args = path_args(__doc__, "data_dir", "labels", "out_dir", "metrics")
     p: QualityGatesParams = load_section("quality_gates")
+    device = devices.stage_device("quality_gates")  # semantic dedup's encoder and Detoxify, when they run
     timer = Timer()
     splits = {s: read_manifest(args.data_dir / f"{s}.jsonl") for s in SPLITS}
     counts_in = {s: len(v) for s, v in splits.items()}
     inputs = {f"{s}.jsonl": sha256_bytes((args.data_dir / f"{s}.jsonl").read_bytes()) for s in SPLITS}
 
-    outcome = gates.run_gates(splits, p, timer)
+    outcome = gates.run_gates(splits, p, timer, device)
     clean = [item for s in SPLITS for item in outcome.splits[s]]
     if not clean:
         raise InputDataError("every item was rejected; see the gate counts in the log and relax the gates")

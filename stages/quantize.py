@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm, quantize
 from spark_trainer.modeling.tokenizer import encode_documents, load_pretrained
@@ -29,14 +29,15 @@ EVAL_BLOCK = 128
 def main() -> None:
     args = path_args(__doc__, "model_dir", "data_dir", "out_dir", "metrics")
     p: QuantizeParams = load_section("quantize")
-    method = quantize.choose_method(p.method, p.fallback)
+    device = devices.stage_device("quantize")
+    method = quantize.choose_method(p.method, p.fallback, device)
     timer = Timer()
 
-    reference = causal_lm.load_pretrained(str(args.model_dir), produced_by="lora").float().eval()
+    reference = causal_lm.load_pretrained(str(args.model_dir), produced_by="lora").float().eval().to(device)
     tok = load_pretrained(str(args.model_dir))
     with timer.phase("quantize"), atomic_path(args.out_dir) as tmp:
-        quantize.save_quantized(quantize.quantize(args.model_dir, method), method, tok, tmp)
-    quantized = quantize.load_quantized(args.out_dir)
+        quantize.save_quantized(quantize.quantize(args.model_dir, method, device), method, tok, tmp)
+    quantized = quantize.load_quantized(args.out_dir, device)
 
     with tempfile.TemporaryDirectory() as fp32_dir:
         reference.save_pretrained(fp32_dir)
@@ -71,7 +72,7 @@ def main() -> None:
     compared = {}
     for other in (m for m in p.compare if m != method):
         with timer.phase(f"compare_{other}"), tempfile.TemporaryDirectory() as folder:
-            model = quantize.quantize(args.model_dir, quantize.choose_method(other, "none"))
+            model = quantize.quantize(args.model_dir, quantize.choose_method(other, "none", device), device)
             quantize.save_quantized(model, other, tok, Path(folder))
             compared[other] = measure(model, Path(folder))
             latency.update({k.replace("quantized", other): v for k, v in
@@ -95,13 +96,21 @@ def main() -> None:
 def forward_latency_ms(reference, quantized, batch, repeats: int) -> dict[str, float]:
     out = {}
     for name, model in (("fp32", reference), ("quantized", quantized)):
+        inputs = batch.to(model.device)
         with torch.no_grad():
-            model(input_ids=batch)  # warm-up
+            model(input_ids=inputs)  # warm-up
+            _synchronize(model.device)
             t0 = time.perf_counter()
             for _ in range(repeats):
-                model(input_ids=batch)
+                model(input_ids=inputs)
+            _synchronize(model.device)  # CUDA runs asynchronously: wait for the work timed
         out[f"forward_ms_{name}"] = (time.perf_counter() - t0) / repeats * 1000
     return out
+
+
+def _synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

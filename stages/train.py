@@ -10,14 +10,14 @@ go to `plots/train` (dvclive); `models/base` gets the Hugging Face layout.
 import logging
 import math
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.data.manifest import read_manifest
 from spark_trainer.modeling import causal_lm
 from spark_trainer.modeling import tokenizer as tokenizers
 from spark_trainer.outputs import atomic_path, write_metrics, write_timings
 from spark_trainer.params import TrainParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import packing, trainer
+from spark_trainer.training import launch, packing, trainer
 
 log = logging.getLogger("train")
 
@@ -27,6 +27,8 @@ def main() -> None:
     args = path_args(__doc__, "data_dir", "model_out", "checkpoints", "plots", "metrics")
 
     p: TrainParams = load_section("train")
+    device = devices.stage_device("train")
+    launch.relaunch("train", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
     import torch
 
     if p.torch_threads:
@@ -48,6 +50,7 @@ def main() -> None:
         model = causal_lm.build_from_config(p.model, tok, p.seed)
     else:
         model = causal_lm.load_pretrained(p.model.pretrained)
+    model.to(device)
     log.info("model: %d parameters; %d train blocks, %d val blocks of %d tokens",
              causal_lm.parameter_count(model), len(train.blocks), len(val.blocks), p.block_size)
 
@@ -56,11 +59,15 @@ def main() -> None:
     with timer.phase("train"):
         if p.max_steps:
             outcome = trainer.train_model(model, packing.BlockDataset(train.blocks), p, args.checkpoints,
-                                          args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks))
+                                          args.plots, run_fingerprint, eval_dataset=packing.BlockDataset(val.blocks),
+                                          device=device, system_metrics=tracking.system_metrics("train"))
+            model = outcome.model or model  # gathered on rank 0 when the weights were sharded
         else:  # the pretrained model is the base as it is: evaluated, not trained
             log.info("max_steps 0: %s passes through untrained", p.model.pretrained)
             outcome = trainer.TrainOutcome(0, 0, [])
             trainer.write_empty_curve(args.plots)
+    if not devices.is_main_process():
+        return  # rank 0 evaluates and writes the outputs
 
     with timer.phase("evaluate"), trainer.autocast(p.efficiency.mixed_precision, model):
         val_loss = trainer.mean_loss(model, val.blocks, p.batch_size)
@@ -72,11 +79,14 @@ def main() -> None:
         tok.save_pretrained(tmp)
     trainer.clear_checkpoints(args.checkpoints)
 
-    tokens_seen = outcome.global_step * p.batch_size * p.gradient_accumulation_steps * p.block_size
+    global_batch = p.batch_size * devices.world_size() * p.gradient_accumulation_steps
+    tokens_seen = outcome.global_step * global_batch * p.block_size
     metrics = {
         "parameters": causal_lm.parameter_count(model),
         "source": p.model.source,
         "steps": outcome.global_step,
+        "processes": devices.world_size(),
+        "global_batch_size": global_batch,
         "tokens_seen": tokens_seen,
         "train_tokens": train.tokens_total,
         "train_tokens_dropped": train.tokens_dropped,
@@ -89,8 +99,8 @@ def main() -> None:
     }
     write_metrics(args.metrics, metrics)
     timings = timer.total()
-    timings["tokens_per_second"] = (outcome.global_step - outcome.resumed_from_step) * p.batch_size \
-        * p.gradient_accumulation_steps * p.block_size / max(timer.seconds["train"], 1e-9)
+    timings["tokens_per_second"] = (outcome.global_step - outcome.resumed_from_step) * global_batch \
+        * p.block_size / max(timer.seconds["train"], 1e-9)
     timings["resumed_from_step"] = outcome.resumed_from_step
     write_timings(args.metrics, timings)
     tracking.mirror_stage("train", p, args.metrics, artifacts=[args.model_out / "config.json", args.plots],

@@ -12,13 +12,13 @@ held-out frames that `evaluate_coco` scores.
 import json
 import logging
 
-from spark_trainer import tracking
+from spark_trainer import devices, tracking
 from spark_trainer.errors import InputDataError
 from spark_trainer.modeling import captioner
 from spark_trainer.outputs import atomic_path, write_metrics, write_text_atomic, write_timings
 from spark_trainer.params import TrainCaptionerParams, load_section
 from spark_trainer.stage import Timer, entrypoint, path_args
-from spark_trainer.training import captioning, trainer
+from spark_trainer.training import captioning, launch, trainer
 from spark_trainer.video.frames import read_frames
 
 log = logging.getLogger("train_captioner")
@@ -29,6 +29,8 @@ def main() -> None:
     args = path_args(__doc__, "frames_dir", "model_out", "split_dir", "checkpoints", "plots", "metrics")
 
     p: TrainCaptionerParams = load_section("train_captioner")
+    device = devices.stage_device("train_captioner")
+    launch.relaunch("train_captioner", p.launcher, device)  # under accelerate/torchrun: returns in each process
     import torch
 
     if p.torch_threads:
@@ -51,7 +53,12 @@ def main() -> None:
     fingerprint = trainer.fingerprint(p.model_dump(mode="json"), [f["frame_id"] for f in train_frames],
                                       [f["caption"] for f in train_frames])
     with timer.phase("train"):
-        outcome = trainer.train_model(model, train_set, p, args.checkpoints, args.plots, fingerprint)
+        outcome = trainer.train_model(model, train_set, p, args.checkpoints, args.plots, fingerprint,
+                                      system_metrics=tracking.system_metrics("train_captioner"), device=device)
+        model = outcome.model or model  # gathered on rank 0 when the weights were sharded
+    if not devices.is_main_process():
+        return  # rank 0 evaluates and writes the outputs
+    model.to(device)
     with timer.phase("evaluate"):
         train_loss = captioning.mean_loss(model, train_set, p.batch_size)
         held_loss = captioning.mean_loss(model, held_set, p.batch_size) if held else None

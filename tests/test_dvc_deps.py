@@ -26,6 +26,8 @@ CORE_EXEMPT = {
     "src/spark_trainer/tracking.py": "the MLflow mirror: never changes what a stage writes",
     "src/spark_trainer/stage.py": "logging, clean errors and timers at the entry point",
     "src/spark_trainer/errors.py": "the exception hierarchy: messages only",
+    "src/spark_trainer/devices.py": "compute.device and ranks: the device is a param (compute) of every model stage",
+    "src/spark_trainer/gpus.py": "which GPUs a launch may see (NVML): where processes run, not what they compute",
 }
 
 

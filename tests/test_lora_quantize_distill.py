@@ -174,8 +174,8 @@ def test_nf4_file_is_much_smaller_than_fp32(base, tmp_path):
 
 
 def test_unsupported_method_names_the_ones_that_run(monkeypatch):
-    monkeypatch.setattr(quantize, "supported_methods", lambda: ["dynamic_int8"])
-    with pytest.raises(ModelSourceError, match="'bnb_nf4' cannot run on this machine; it can run: dynamic_int8"):
+    monkeypatch.setattr(quantize, "supported_methods", lambda device: ["dynamic_int8"])
+    with pytest.raises(ModelSourceError, match=r"'bnb_nf4' cannot run on cpu \(compute.device\); it can run: dynamic_int8"):
         quantize.choose_method("bnb_nf4", "none")
     assert quantize.choose_method("bnb_nf4", "dynamic_int8") == "dynamic_int8"
 

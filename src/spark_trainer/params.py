@@ -101,12 +101,26 @@ class Section(BaseModel):
 # --------------------------------------------------------------------------- shared
 
 
+def _sampling_interval(value: float) -> float:
+    if 0 < value < 0.1:
+        raise ValueError("below 0.1 s sampling would compete with training; use 0 (off) or at least 0.1")
+    return value
+
+
 class TrackingParams(Section):
     uri: str = Field(min_length=1)
     experiment: str = Field(min_length=1)
     strict: bool
     http_timeout_s: float = Field(gt=0)
     http_retries: NonNegativeInt
+    # CPU, RAM, disk and GPU use sampled while a stage trains (tracking.system_metrics); 0: off
+    system_metrics_interval_s: Annotated[float, Field(ge=0), AfterValidator(_sampling_interval)]
+
+
+class ComputeParams(Section):
+    """Where every stage that loads a model runs it (spark_trainer.devices)."""
+
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]  # auto: CUDA when present, else CPU
 
 
 # --------------------------------------------------------------------------- sample
@@ -386,6 +400,37 @@ class EfficiencyParams(ModelEfficiencyParams):
     eval_steps: PositiveInt                  # how often to evaluate when early stopping is on
 
 
+LAUNCH_CONFIG_DIRS = {"accelerate": "configs/accelerate", "torchrun": "configs/deepspeed"}
+
+
+class LauncherParams(Section):
+    """How a training stage starts its processes: the stage relaunches itself through
+    `accelerate launch` or `torchrun` (spark_trainer.training.launch); dvc.yaml's cmd stays `python ...`."""
+
+    kind: Literal["python", "accelerate", "torchrun"]
+    num_processes: PositiveInt
+    # accelerate: a config file under configs/accelerate/ (DDP, DeepSpeed ZeRO-2/3, FSDP);
+    # torchrun: "" (DDP) or a DeepSpeed JSON under configs/deepspeed/; python: ""
+    config: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LauncherParams:
+        if self.kind == "python":
+            if self.num_processes != 1:
+                raise ValueError("kind python runs one process; use kind accelerate or torchrun for "
+                                 f"num_processes {self.num_processes}")
+            if self.config:
+                raise ValueError("config is read by kind accelerate or torchrun only; set it to \"\"")
+            return self
+        folder = LAUNCH_CONFIG_DIRS[self.kind]
+        if self.kind == "accelerate" and not self.config:
+            raise ValueError(f"kind accelerate needs config: a file under {folder}/ (e.g. {folder}/ddp.yaml)")
+        if self.config and not (self.config.startswith(folder + "/") and ".." not in self.config.split("/")):
+            raise ValueError(f"config for kind {self.kind} must be a file under {folder}/ (a dvc.yaml dep); "
+                             f"got {self.config!r}")
+        return self
+
+
 class LoopParams(Section):
     """The training-loop settings that `train`, `lora` and `distill` share."""
 
@@ -403,6 +448,7 @@ class LoopParams(Section):
     save_steps: PositiveInt
     torch_threads: NonNegativeInt  # 0 keeps torch's own choice
     efficiency: EfficiencyParams
+    launcher: LauncherParams
 
     @model_validator(mode="after")
     def _early_stopping(self) -> LoopParams:
@@ -906,6 +952,7 @@ class HeadlineParams(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "tracking": TrackingParams,
+    "compute": ComputeParams,
     "import_model": ImportModelParams,
     "sample": SampleParams,
     "prepare": PrepareParams,

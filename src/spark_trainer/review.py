@@ -177,6 +177,8 @@ def changed_plots(plots: dict[str, Any], a: Revision, b: Revision) -> dict[str, 
     (`dvc plots diff --json`: each spec holds both revisions' rows, told apart by `rev`)."""
     out = {}
     for plot_id, renders in plots.get("data", {}).items():
+        if "/system/" in plot_id:  # CPU/RAM/GPU use during training differs on every run; it says nothing of the model
+            continue
         for render in renders:
             if render.get("type") != "vega":
                 continue

@@ -16,6 +16,10 @@ hash of the stage's deps as DVC records them in dvc.lock, and a pipeline-run id 
 every stage that one `dvc repro` / `dvc exp run` executed. Each stage run is nested under
 one parent run per pipeline execution.
 
+While a stage trains, `system_metrics` samples CPU, RAM, disk, network and GPU use with
+MLflow's own monitors; the stage's run gets the samples as MLflow's `system/...` metrics
+(the UI's System metrics tab), and dvclive's system monitor writes them to the stage's plots.
+
 `sync_all` (scripts/sync_mlflow.py) mirrors only stages whose current deps hash (file
 deps and params, as dvc.lock records them) has no run yet, so running it twice adds
 nothing. `scripts/repro.py` (`make repro`) runs `dvc repro` and then syncs the stages DVC
@@ -33,9 +37,12 @@ import logging
 import os
 import re
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +176,7 @@ def _log_run(stage, section, metrics_path, artifacts, step_metrics_dir, settings
     metrics = [Metric(k, v, 0, 0) for k, v in sorted(flatten_numbers(data).items())]
     if step_metrics_dir:
         metrics += read_step_metrics(step_metrics_dir)
+    metrics += _system_samples.pop(stage, [])
     for i in range(0, len(params), 100):  # MLflow's batch limits: 100 params, 1000 metrics
         client.log_batch(run_id, params=params[i:i + 100])
     for i in range(0, len(metrics), 1000):
@@ -341,11 +349,13 @@ def _max_name_length() -> int:
 
 
 def read_step_metrics(live_dir: str | Path) -> list:
-    """Per-step metrics from a dvclive folder (`<dir>/plots/metrics/**/*.tsv`)."""
+    """Per-step metrics from a dvclive folder (`<dir>/plots/metrics/**/*.tsv`), less dvclive's
+    system monitor: the run has MLflow's own system metrics (`system_metrics`), and dvclive's
+    names (`system/cpu/usage (%)`) would repeat them under names MLflow refuses."""
     from mlflow.entities import Metric
 
     root = Path(live_dir) / "plots" / "metrics"
-    files = sorted(root.rglob("*.tsv"))
+    files = [tsv for tsv in sorted(root.rglob("*.tsv")) if tsv.relative_to(root).parts[0] != DVCLIVE_SYSTEM_DIR]
     keys = mlflow_names([tsv.relative_to(root).with_suffix("").as_posix() for tsv in files])
     metrics = []
     for tsv, key in zip(files, keys, strict=True):
@@ -354,6 +364,128 @@ def read_step_metrics(live_dir: str | Path) -> list:
                 name = tsv.stem
                 metrics.append(Metric(key, float(row[name]), int(float(row.get("timestamp") or 0)), int(row["step"])))
     return metrics
+
+
+# ------------------------------------------------------------------ system metrics while training
+
+SYSTEM_PREFIX = "system/"  # MLflow's prefix for system metrics: the UI's System metrics tab
+DVCLIVE_SYSTEM_DIR = "system"  # where dvclive's system monitor writes under <live>/plots/metrics
+_system_samples: dict[str, list] = {}  # stage -> samples its training took, until mirror_stage logs them
+
+
+def system_metrics(stage: str, settings: TrackingParams | None = None) -> SystemMetrics | None:
+    """The sampler of `stage`'s training (`train_model(system_metrics=...)`), or None when
+    `tracking.system_metrics_interval_s` is 0 or this is not the main process (rank 0 samples
+    the whole machine, every GPU included, for all ranks)."""
+    from spark_trainer.devices import is_main_process
+
+    settings = settings or load_section("tracking")  # type: ignore[assignment]
+    if not settings.system_metrics_interval_s or not is_main_process():
+        return None
+    return SystemMetrics(stage, settings.system_metrics_interval_s)
+
+
+class SystemMetrics:
+    """CPU, RAM, disk, network and GPU use, sampled every `interval_s` by the monitors MLflow's
+    own system-metrics logging runs (`mlflow.system_metrics.metrics`: psutil, and pynvml or
+    pyrsmi for the GPUs; none on a machine without one). `mirror_stage` logs the samples into
+    the stage's run under MLflow's names (`system/cpu_utilization_percentage`,
+    `system/gpu_0_utilization_percentage`, ...), with their times and the sample index as step.
+
+    The samples wait in memory instead of going to the server as they are taken: the stage's
+    run is made once the stage has finished (one run per deps hash, see `_mirrored_run`), and a
+    slow or unreachable server must never touch training. Sampling errors stop the sampling,
+    never the training.
+    """
+
+    def __init__(self, stage: str, interval_s: float) -> None:
+        self.stage, self.interval_s = stage, interval_s
+
+    @contextmanager
+    def sampling(self, live=None) -> Iterator[None]:
+        """Sample while the block runs; with a dvclive `live`, its system monitor runs too."""
+        if live is not None:
+            _start_dvclive_monitor(live, self.interval_s)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._sample, args=(_system_samples.setdefault(self.stage, []), stop),
+                                  name="system-metrics", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _sample(self, samples: list, stop: threading.Event) -> None:
+        from mlflow.entities import Metric
+
+        try:
+            monitors = _system_monitors()
+            _collect(monitors)  # psutil's first cpu_percent() has no interval to measure: discard it
+            step = samples[-1].step + 1 if samples else 0
+            while True:
+                stopped = stop.wait(self.interval_s)  # the last sample covers the tail after the stop
+                values = _collect(monitors)
+                now = int(time.time() * 1000)
+                samples.extend(Metric(SYSTEM_PREFIX + k, float(v), now, step) for k, v in sorted(values.items()))
+                step += 1
+                if stopped:
+                    return
+        except Exception as e:  # noqa: BLE001 - a by-product of training must not end it
+            log.warning("system metrics sampling of stage '%s' stopped: %s: %s", self.stage, type(e).__name__,
+                        redact_text(str(e)))
+
+
+def _system_monitors() -> list:
+    """The monitors MLflow's SystemMetricsMonitor runs: CPU and RAM, disk, network, and the
+    GPUs when NVML (NVIDIA) or ROCm SMI (AMD) answers."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+    from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
+
+    monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+    for gpu_monitor in (GPUMonitor, ROCMMonitor):
+        try:
+            monitors.append(gpu_monitor())
+            break
+        except Exception as e:  # noqa: BLE001 - as MLflow's monitor: no GPU, driver or binding, no GPU metrics
+            log.debug("no %s: %s", gpu_monitor.__name__, e)
+    return monitors
+
+
+def _collect(monitors: list) -> dict[str, float]:
+    for monitor in monitors:
+        monitor.collect_metrics()
+    values = {k: v for monitor in monitors for k, v in monitor.aggregate_metrics().items()}
+    for monitor in monitors:
+        monitor.clear_metrics()
+    return values
+
+
+def _start_dvclive_monitor(live, interval_s: float) -> None:
+    """dvclive's system monitor on `live`, writing a row about every `interval_s` (dvclive
+    averages samples taken every 0.1 s, at most 30 of them: rows are at most 3 s apart)."""
+    import dvclive.monitor_system as dvclive_system
+
+    # dvclive asks NVML first on every sample; where NVML is missing (a CPU machine with pynvml
+    # installed) the error drops that sample's CPU, RAM and disk values too, so nothing is written.
+    dvclive_system.GPU_AVAILABLE = dvclive_system.GPU_AVAILABLE and _nvml_answers()
+    live.monitor_system(interval=0.1, num_samples=max(1, min(30, round(interval_s / 0.1))))
+
+
+def _nvml_answers() -> bool:
+    try:
+        import pynvml
+    except ImportError:
+        return False
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError:  # no driver, no library, no device
+        return False
+    return True
 
 
 def git_tags() -> dict[str, str]:

@@ -41,14 +41,14 @@ class Adapter(Protocol):
 
 
 class InProcessAdapter:
-    """Greedy generation with the bundle's model in this process."""
+    """Greedy generation with the bundle's model in this process, on `device` (compute.device)."""
 
-    def __init__(self, bundle_dir: Path) -> None:
+    def __init__(self, bundle_dir: Path, device="cpu") -> None:
         from spark_trainer.modeling import causal_lm
         from spark_trainer.modeling.tokenizer import load_pretrained
 
         self.name = f"in_process:{bundle_dir.name}"
-        self.model = causal_lm.load_for_inference(bundle_dir)
+        self.model = causal_lm.load_for_inference(bundle_dir, device=device)
         self.tokenizer = load_pretrained(str(bundle_dir))
         self.context_length = int(self.model.config.max_position_embeddings)
         # No token holds more characters than the longest vocabulary entry, so a longer
@@ -195,9 +195,10 @@ def dig(data: Any, path: str) -> Any:
     return data
 
 
-def build(endpoint: ServingEndpoint, bundle_dir: Path | None, timeout_s: float) -> Adapter:
+def build(endpoint: ServingEndpoint, bundle_dir: Path | None, timeout_s: float, device="cpu") -> Adapter:
+    """`device`: where an in_process adapter runs its model (an HTTP one's server decides)."""
     if endpoint.adapter == "in_process":
         assert bundle_dir is not None
-        return InProcessAdapter(bundle_dir)
+        return InProcessAdapter(bundle_dir, device)
     cls = {"openai": OpenAIAdapter, "kserve_v2": KServeV2Adapter, "rest": RestAdapter}[endpoint.adapter]
     return cls(endpoint, timeout_s)

@@ -61,16 +61,16 @@ def write_tasks(mmlu_dir: Path, out_dir: Path, fmt: str) -> dict[str, str]:
 
 
 def run(model_dir: Path, mmlu_dir: Path, work_dir: Path, fmt: str, k: int,
-        batch_size: int, dtype: str = "float32") -> dict[tuple[str, int], list[float]]:
+        batch_size: int, dtype: str = "float32", device="cpu") -> dict[tuple[str, int], list[float]]:
     """lm-eval's per-question log-likelihoods: {(subject, question index): [ll_A, .., ll_D]},
-    with the model loaded in `dtype` (HFLM's own option)."""
+    with the model loaded in `dtype` on `device` (HFLM's own options)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     tasks = write_tasks(mmlu_dir, work_dir / f"tasks_{fmt}", fmt)
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
                                   tasks=list(tasks.values()), num_fewshot=k, batch_size=batch_size,
-                                  log_samples=True, device="cpu",
+                                  log_samples=True, device=str(device),
                                   task_manager=TaskManager(include_path=str(work_dir / f"tasks_{fmt}")))
     result: dict[tuple[str, int], list[float]] = {}
     for subject, task in tasks.items():

@@ -154,15 +154,16 @@ def native_bf16(device) -> bool:
     return device.type == "cpu" and any(probe() for probe in probes if probe is not None)
 
 
-def choose_dtype(setting: str, model) -> str:
+def choose_dtype(setting: str, model, device=None) -> str:
     """`evaluate_mmlu.dtype` resolved: auto is bfloat16 on a device with native bf16 for a
-    model of at least BF16_MIN_PARAMETERS, else float32 (below it bf16 saves nothing)."""
+    model of at least BF16_MIN_PARAMETERS, else float32 (below it bf16 saves nothing).
+    `device`: where the model runs (compute.device); default: where its parameters are."""
     if setting != "auto":
         return setting
     from spark_trainer.modeling.causal_lm import parameter_count
 
     large = parameter_count(model) >= BF16_MIN_PARAMETERS
-    return "bfloat16" if large and native_bf16(next(model.parameters()).device) else "float32"
+    return "bfloat16" if large and native_bf16(device or next(model.parameters()).device) else "float32"
 
 
 def cast(model, dtype: str):

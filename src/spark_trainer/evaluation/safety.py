@@ -79,7 +79,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: bo
 
     out = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat).to(model.device)
         with torch.no_grad():
             tokens = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
@@ -98,6 +98,7 @@ def sentence_loglikelihood(model, tokenizer, sentence: str) -> float:
         # A tokenizer that adds no BOS (most chat models'): without one the first token,
         # often the very word a minimal pair differs in ("He"/"She"), would go unscored.
         ids = torch.cat([torch.tensor([[bos]]), ids], dim=1)
+    ids = ids.to(model.device)
     with torch.no_grad():
         logprobs = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
     return float(logprobs.gather(1, ids[0, 1:].unsqueeze(1)).sum())

@@ -78,9 +78,9 @@ def decode_jpegs(jpegs: list[bytes]):
 
 class Captioner:
     """Any image-to-text model in the Hugging Face layout (ours, BLIP, ...): a local
-    folder or a hub id (the hub needs the network or its cache)."""
+    folder or a hub id (the hub needs the network or its cache), run on `device`."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, device="cpu") -> None:
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
         from spark_trainer.errors import ModelSourceError
@@ -92,7 +92,7 @@ class Captioner:
         except (OSError, ValueError) as e:
             raise ModelSourceError(f"could not load the captioner '{source}' ({e}); give a folder saved with "
                                    f"save_pretrained (e.g. models/captioner) or a reachable hub id") from e
-        self.model.eval()
+        self.model.eval().to(device)
         self.source = source
         # A decoder cannot generate past its position table (ours is sized to the longest caption).
         decoder = getattr(self.model.config, "decoder", None) or getattr(self.model.config, "text_config", None)
@@ -108,6 +108,7 @@ class Captioner:
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
                 pixels = self.image_processor(images=images[i:i + batch_size], return_tensors="pt")["pixel_values"]
+                pixels = pixels.to(self.model.device)
                 ids = self.model.generate(pixel_values=pixels, max_new_tokens=max_new_tokens, num_beams=1,
                                           do_sample=False)
                 out += [" ".join(t.split()) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -58,10 +58,11 @@ def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_for_inference(path: str | Path, produced_by: str | None = None):
-    """Any model a stage of this project wrote: plain (Hugging Face layout) or quantized."""
+def load_for_inference(path: str | Path, produced_by: str | None = None, device="cpu"):
+    """Any model a stage of this project wrote: plain (Hugging Face layout) or quantized, on
+    `device` (a dynamic int8 model on the CPU: see quantize.load_quantized)."""
     from spark_trainer.modeling import quantize
 
     if (Path(path) / quantize.MARKER).is_file():
-        return quantize.load_quantized(path)
-    return load_pretrained(str(path), produced_by=produced_by).eval()
+        return quantize.load_quantized(path, device)
+    return load_pretrained(str(path), produced_by=produced_by).eval().to(device)

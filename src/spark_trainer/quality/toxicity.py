@@ -79,7 +79,7 @@ OFFLINE = {"wordlist": wordlist_scorer, "profanity_check": profanity_check_score
 
 
 def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: str,
-                    batch_size: int) -> ToxicityScorer:
+                    batch_size: int, device="cpu") -> ToxicityScorer:
     import pickle
 
     import torch
@@ -94,7 +94,7 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
         raise ModelSourceError(f"refusing Detoxify checkpoint '{checkpoint}': it holds more than tensors and plain "
                                f"data, so loading it could run code ({str(e).splitlines()[0]})") from e
     try:
-        model = Detoxify(model_type=model_type, checkpoint=str(checkpoint), device="cpu",
+        model = Detoxify(model_type=model_type, checkpoint=str(checkpoint), device=device,
                          huggingface_config_path=huggingface_config_path or None)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelSourceError(f"Detoxify could not load checkpoint '{checkpoint}': {e}") from e
@@ -112,9 +112,10 @@ def detoxify_scorer(model_type: str, checkpoint: Path, huggingface_config_path: 
 
 
 def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_config_path: str,
-                 fallback: str, batch_size: int, checkpoint_sha256: str = "") -> ToxicityScorer:
+                 fallback: str, batch_size: int, checkpoint_sha256: str = "", device="cpu") -> ToxicityScorer:
     """The scorer params ask for, or the fallback with the reason; never silently. A
-    checkpoint that exists is loaded only if its sha256 is `checkpoint_sha256`."""
+    checkpoint that exists is loaded only if its sha256 is `checkpoint_sha256`. Detoxify
+    runs on `device` (compute.device); the offline fallbacks run on the CPU."""
     if backend in OFFLINE:
         return OFFLINE[backend]("configured backend")
     found = Path(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
@@ -124,7 +125,7 @@ def build_scorer(backend: str, model_type: str, checkpoint: str, huggingface_con
                "no Detoxify checkpoint configured (quality_gates.toxicity.checkpoint is empty)")
     if found is not None:
         try:
-            return detoxify_scorer(model_type, found, huggingface_config_path, batch_size)
+            return detoxify_scorer(model_type, found, huggingface_config_path, batch_size, device)
         except ModelSourceError as e:
             problem = str(e)
     if fallback == "error":

@@ -69,8 +69,8 @@ def mean_loss(model, dataset: CaptionDataset, batch_size: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(dataset), batch_size):
-            labels = dataset.labels[i:i + batch_size]
-            out = model(pixel_values=dataset.pixel_values[i:i + batch_size], labels=labels)
+            labels = dataset.labels[i:i + batch_size].to(model.device)
+            out = model(pixel_values=dataset.pixel_values[i:i + batch_size].to(model.device), labels=labels)
             n = int((labels != -100).sum())
             total += float(out.loss) * n
             count += n

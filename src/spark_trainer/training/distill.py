@@ -83,6 +83,8 @@ def distillation_trainer(teacher, alpha: float, temperature: float):
     class DistillationTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             outputs = model(input_ids=inputs["input_ids"])
+            if teacher.device != inputs["input_ids"].device:  # the Trainer placed the student and the batch
+                teacher.to(inputs["input_ids"].device)
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=inputs["input_ids"]).logits
             loss, _, _ = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], alpha, temperature)
@@ -98,9 +100,9 @@ def next_token_agreement(student, teacher, blocks, batch_size: int) -> float:
     same = total = 0
     with torch.no_grad():
         for i in range(0, blocks.shape[0], batch_size):
-            batch = blocks[i:i + batch_size]
+            batch = blocks[i:i + batch_size].to(student.device)
             a = student(input_ids=batch).logits.argmax(-1)
-            b = teacher(input_ids=batch).logits.argmax(-1)
+            b = teacher(input_ids=batch.to(teacher.device)).logits.argmax(-1).to(a.device)
             same += int((a == b).sum())
             total += a.numel()
     return same / total

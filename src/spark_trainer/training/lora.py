@@ -39,22 +39,26 @@ def resolve_target_modules(model, requested: tuple[str, ...]) -> list[str]:
     return list(requested)
 
 
-def load_base(path: str | Path, qlora: bool):
-    """The base model in fp32, or in 4-bit NF4 through bitsandbytes for QLoRA."""
+def load_base(path: str | Path, qlora: bool, device=None):
+    """The base model in fp32, or in 4-bit NF4 through bitsandbytes for QLoRA, on `device`
+    (compute.device resolved; default: CUDA when present)."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if not Path(path).is_dir():
         raise ModelSourceError(f"base model folder '{path}' does not exist; it is produced by the 'train' "
                                "stage: run `dvc repro train`")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not qlora:
-        return AutoModelForCausalLM.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path).to(device)
     from peft import prepare_model_for_kbit_training
 
+    cuda = device.type == "cuda"
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config,
-                                                 device_map="auto" if torch.cuda.is_available() else "cpu")
+                                bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+    # one whole copy per process: each DDP rank's 4-bit base sits on its own device
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map={"": device})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 

@@ -9,6 +9,7 @@ Per-step loss, learning rate and tokens/s go to a dvclive folder for `dvc plots`
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class TrainOutcome:
     global_step: int
     resumed_from_step: int       # 0 when the run started afresh
     log_history: list[dict[str, Any]]
+    model: Any = None            # the trained model, whole; None when it is the one passed in
 
 
 def fingerprint(*parts: Any) -> str:
@@ -86,13 +88,13 @@ def model_hidden_size(model) -> int:
     return min((c.hidden_size for c in parts if c is not None and hasattr(c, "hidden_size")), default=0)
 
 
-def precision_flags(mixed_precision: str, model=None) -> tuple[bool, bool]:
-    """(bf16, fp16) for the Trainer. `auto`: bf16, else fp16, on a GPU; on a CPU, bf16 autocast
-    when it has bf16 matrix units and `model` is at least CPU_BF16_MIN_HIDDEN_SIZE wide, else
-    fp32 (also when no model is given)."""
+def precision_flags(mixed_precision: str, model=None, device=None) -> tuple[bool, bool]:
+    """(bf16, fp16) for the Trainer on `device` (default: CUDA when present). `auto`: bf16, else
+    fp16, on a GPU; on a CPU, bf16 autocast when it has bf16 matrix units and `model` is at
+    least CPU_BF16_MIN_HIDDEN_SIZE wide, else fp32 (also when no model is given)."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if mixed_precision == "auto":
         if not cuda:
             wide = model is not None and model_hidden_size(model) >= CPU_BF16_MIN_HIDDEN_SIZE
@@ -112,13 +114,18 @@ def apply_efficiency(model, efficiency: EfficiencyParams) -> None:
 
 
 def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False, args_class=None,
-                       model=None, **extra: Any):
+                       model=None, device=None, **extra: Any):
     """TrainingArguments from the loop params (or `args_class`, a subclass such as TRL's
-    SFTConfig, with its own `extra` settings); `model` sizes `mixed_precision: auto` on a CPU."""
+    SFTConfig, with its own `extra` settings) for `device` (compute.device resolved; default:
+    CUDA when present); `model` sizes `mixed_precision: auto` on a CPU. Under a launcher,
+    batch_size is per process: the global batch is batch_size x processes x accumulation."""
     import torch
     from transformers import TrainingArguments
 
-    bf16, fp16 = precision_flags(p.efficiency.mixed_precision, model)
+    from spark_trainer.training import launch
+
+    cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
+    bf16, fp16 = precision_flags(p.efficiency.mixed_precision, model, device)
     early = evaluate and p.efficiency.early_stopping_patience > 0
     return (args_class or TrainingArguments)(
         output_dir=str(output_dir),
@@ -146,7 +153,10 @@ def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False, 
         report_to=[],
         seed=p.seed,
         data_seed=p.seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cpu,
+        deepspeed=launch.deepspeed_config(p.launcher),
+        ddp_backend="gloo" if cpu and launch.launched() else None,
+        ddp_find_unused_parameters=False,  # every parameter that trains takes part in every step
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
@@ -156,10 +166,10 @@ def training_arguments(p: LoopParams, output_dir: Path, evaluate: bool = False, 
 
 @contextmanager
 def autocast(mixed_precision: str, model) -> Iterator[None]:
-    """Evaluation in the precision training uses (`efficiency.mixed_precision`)."""
+    """Evaluation in the precision training uses (`efficiency.mixed_precision`), on the model's device."""
     import torch
 
-    bf16, fp16 = precision_flags(mixed_precision, model)
+    bf16, fp16 = precision_flags(mixed_precision, model, model.device)
     device = model.device.type
     with torch.autocast(device, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=bf16 or fp16):
         yield
@@ -211,40 +221,64 @@ def live_callback(live, tokens_per_step: int):
 def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
                     run_fingerprint: str, extra_callbacks: tuple = (), eval_dataset=None,
                     trainer_class=None, trainer_kwargs: dict | None = None, args_class=None,
-                    args_extra: dict | None = None, tokens_per_step: int | None = None) -> TrainOutcome:
+                    args_extra: dict | None = None, tokens_per_step: int | None = None,
+                    device=None, system_metrics=None) -> TrainOutcome:
     """Train `model` on packed blocks with the HF Trainer (or `trainer_class`, a subclass
     with its own loss or data handling such as TRL's SFTTrainer, with `args_class` and
-    `args_extra`), resuming when possible. With early stopping on, `eval_dataset` is
-    evaluated every `efficiency.eval_steps` and the best checkpoint is kept."""
+    `args_extra`) on `device`, resuming when possible. With early stopping on, `eval_dataset`
+    is evaluated every `efficiency.eval_steps` and the best checkpoint is kept.
+
+    Under a launcher every process calls this; rank 0 alone clears stale checkpoints (the
+    others wait for it) and writes the dvclive curve. `tokens_per_step` is per process."""
+    from accelerate import PartialState
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
+    from spark_trainer import devices
+    from spark_trainer.training import launch
+
     apply_efficiency(model, p.efficiency)
-    resume = resume_point(checkpoint_dir, run_fingerprint)
+    state = PartialState(cpu=device is not None and device.type == "cpu")
+    with state.main_process_first():
+        resume = resume_point(checkpoint_dir, run_fingerprint)
     if resume:
         log.info("resuming from %s", resume)
     if tokens_per_step is None:
         tokens_per_step = p.batch_size * p.gradient_accumulation_steps * int(train_dataset.blocks.shape[1])
+    tokens_per_step *= devices.world_size()
     callbacks = list(extra_callbacks)
     early = eval_dataset is not None and p.efficiency.early_stopping_patience > 0
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.efficiency.early_stopping_patience))
     live = None
-    if live_dir is not None:
+    if live_dir is not None and devices.is_main_process():
         from dvclive import Live
 
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False)
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)  # system monitor: below
         callbacks.insert(0, live_callback(live, tokens_per_step))
+    # With ZeRO-3 or FSDP every process keeps a shard of the weights: rank 0 keeps a whole copy
+    # to load the gathered weights into, for evaluation and saving.
+    sharded = launch.shards_parameters(p.launcher)
+    whole = copy.deepcopy(model) if sharded and devices.is_main_process() else None
     kwargs = {"data_collator": default_data_collator, **(trainer_kwargs or {})}
     trainer = (trainer_class or Trainer)(
-        model=model, args=training_arguments(p, checkpoint_dir, early, args_class, model, **(args_extra or {})),
+        model=model, args=training_arguments(p, checkpoint_dir, early, args_class, model, device, **(args_extra or {})),
         train_dataset=train_dataset, eval_dataset=eval_dataset if early else None, callbacks=callbacks, **kwargs)
-    try:
-        trainer.train(resume_from_checkpoint=resume)
+    try:  # CPU, RAM and GPU use to MLflow and dvclive (`tracking.system_metrics`; None: not sampled)
+        with system_metrics.sampling(live) if system_metrics else nullcontext():
+            trainer.train(resume_from_checkpoint=resume)
     finally:
         if live is not None:
             live.end()
     start = int(Path(resume).name.split("-")[-1]) if resume else 0
-    return TrainOutcome(trainer.state.global_step, start, list(trainer.state.log_history))
+    if sharded:
+        gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every process takes part
+        if whole is not None:
+            missing, unexpected = whole.load_state_dict(gathered, strict=False)
+            tied = {k for k in missing if k.endswith("lm_head.weight")}
+            if unexpected or set(missing) - tied:
+                raise RuntimeError(f"gathered weights do not fit the model: missing {missing}, unexpected {unexpected}")
+            whole.tie_weights()
+    return TrainOutcome(trainer.state.global_step, start, list(trainer.state.log_history), whole)
 
 
 def mean_loss(model, blocks, batch_size: int) -> float:

@@ -23,8 +23,9 @@ def reference_caption(truth_video: dict | None, t: float) -> str | None:
 
 
 def caption_frames(frames: list[Frame], backend: str, truth_by_video: dict[str, dict | None], model: str,
-                   max_new_tokens: int, batch_size: int) -> int:
-    """Fill `caption` / `caption_backend` in place; return how many frames got one."""
+                   max_new_tokens: int, batch_size: int, device="cpu") -> int:
+    """Fill `caption` / `caption_backend` in place; return how many frames got one. The
+    `hf` model runs on `device` (compute.device)."""
     if backend == "none":
         return 0
     if backend == "reference":
@@ -34,7 +35,7 @@ def caption_frames(frames: list[Frame], backend: str, truth_by_video: dict[str, 
         return sum(f.caption is not None for f in frames)
     from spark_trainer.modeling.captioner import Captioner, decode_jpegs
 
-    captioner = Captioner(model)
+    captioner = Captioner(model, device)
     texts = captioner.caption(decode_jpegs([f.jpeg for f in frames]), max_new_tokens, batch_size)
     for f, text in zip(frames, texts, strict=True):
         f.caption, f.caption_backend = text, f"hf:{model}"

@@ -246,9 +246,11 @@ def _frame_items(frames: list[frame_ops.Frame], shard_names: list[str], shard_si
     return out
 
 
-def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, created_at: str, out_dir: Path) -> IngestOutput:
+def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, created_at: str, out_dir: Path,
+                  device="cpu") -> IngestOutput:
     """Everything in `source` (top level, sorted by name) into `out_dir`'s frame shards,
-    plus the manifest items and metrics (the caller writes those)."""
+    plus the manifest items and metrics (the caller writes those). Whisper and the `hf`
+    captioner run on `device` (compute.device)."""
     if not source.is_dir():
         from spark_trainer.errors import InputDataError
 
@@ -259,7 +261,7 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
                                                   p.transcription.checkpoint_sha256)
     transcriber = None
     if resolved.checkpoint is not None:
-        transcriber = transcription.Transcriber(resolved.checkpoint, p.transcription.language)
+        transcriber = transcription.Transcriber(resolved.checkpoint, p.transcription.language, device)
     entries = sorted(source.iterdir(), key=lambda e: e.name)
     folders = [e for e in entries if e.is_dir() and not e.is_symlink()]
     files = [e for e in entries if e not in folders and e.name != "ground_truth.json"]  # symlinks too: counted
@@ -300,7 +302,7 @@ def ingest_folder(source: Path, p: IngestVideoParams, truth: dict | None, create
 
     c = p.captions
     captioned = captions.caption_frames(result.frames, c.backend, truth_by_id, c.model, c.max_new_tokens,
-                                        c.batch_size)
+                                        c.batch_size, device)
     shard_names = frame_ops.write_shards(result.frames, out_dir, p.frames.shard_size)
     result.items += _frame_items(result.frames, shard_names, p.frames.shard_size, src, created_at, p.frames.size)
     result.metrics = _metrics(files, folders, kinds, reasons, per_video, result, truth,

@@ -40,15 +40,15 @@ def resolve_checkpoint(backend: str, checkpoint: str, checkpoint_sha256: str = "
 
 
 class Transcriber:
-    def __init__(self, checkpoint: Path, language: str) -> None:
+    def __init__(self, checkpoint: Path, language: str, device="cpu") -> None:
         import whisper
 
-        self.model = whisper.load_model(str(checkpoint), device="cpu")
+        self.model = whisper.load_model(str(checkpoint), device=str(device))
         self.language = language or None
 
     def transcribe(self, audio: np.ndarray) -> list[dict]:
         """Segments `{id, start_s, end_s, text}` (greedy decoding: the same audio gives
-        the same text)."""
+        the same text). fp32 on any device: fp16 on a GPU could change the text."""
         if audio.size == 0:
             return []
         result = self.model.transcribe(audio.astype(np.float32), language=self.language, fp16=False,
