@@ -83,3 +83,18 @@ def test_smollm2_profile_runs_the_lm_branch_on_the_real_model(smoke_pipeline, tm
     default = subprocess.run(["git", "show", "HEAD:metrics/train.json"], cwd=root, env=env, capture_output=True,
                              text=True, check=True).stdout
     assert json.loads(default)["source"] == "config"  # the default profile's commit is untouched
+
+
+def test_profile_values_of_every_kind_reach_params_through_dvcs_override_grammar(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    values = {"override": {"gates": ["safety.bias", "safety.jailbreak"], "reason": "a demo: 'not' for use, {x}"},
+              "name": "spark-trainer: a \"quoted\" name", "compare": ["bnb_nf4"], "none": None, "enabled": True,
+              "rate": 0.0003, "steps": 60}
+    path = tmp_path / "params.yaml"
+    path.write_text("s:\n  override: null\n  name: x\n  compare: []\n  none: 1\n  enabled: false\n  rate: 1.0\n  steps: 1\n")
+    args = profiles.set_args({f"s.{k}": v for k, v in values.items()})
+    apply_overrides(path, args[1::2])
+    import yaml
+
+    assert yaml.safe_load(path.read_text())["s"] == values

@@ -84,13 +84,25 @@ def load(name: str, repo: Path = Path("."), params_file: str = PARAMS_FILE,
     return overrides
 
 
+def override_value(value: Any) -> str:
+    """A value in DVC's (Hydra's) override grammar: strings and lists as JSON, mappings as
+    `{key: value, ...}` with bare keys, null, true/false, numbers as they are."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def set_args(overrides: dict[str, Any]) -> list[str]:
-    """`-S key=value` arguments; strings and lists as JSON, which DVC's override grammar reads."""
+    """`-S key=value` arguments that DVC's override grammar reads."""
     args = []
     for key, value in overrides.items():
-        text = json.dumps(value) if isinstance(value, (str, list)) else ("null" if value is None else str(value).lower()
-                                                                          if isinstance(value, bool) else str(value))
-        args += ["-S", f"{key}={text}"]
+        args += ["-S", f"{key}={override_value(value)}"]
     return args
 
 
