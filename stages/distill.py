@@ -24,8 +24,7 @@ from spark_trainer.training import distill, launch, packing, trainer
 def main() -> None:
     args = path_args(__doc__, "teacher", "data_dir", "out_dir", "checkpoints", "plots", "metrics")
     p: DistillParams = load_section("distill")
-    device = devices.stage_device("distill")
-    launch.relaunch("distill", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
+    device = launch.start("distill", p.launcher)
     if p.torch_threads:
         import torch
 
@@ -68,7 +67,7 @@ def main() -> None:
         "student_source": p.student.source,
         "steps": outcome.global_step,
         "processes": devices.world_size(),
-        "global_batch_size": p.batch_size * devices.world_size() * p.gradient_accumulation_steps,
+        "global_batch_size": trainer.global_batch(p),
         "val_perplexity_student": math.exp(student_loss),
         "val_perplexity_teacher": math.exp(teacher_loss),
         "perplexity_ratio": math.exp(student_loss - teacher_loss),

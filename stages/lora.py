@@ -31,8 +31,7 @@ def main() -> None:
     if name not in p.specialisations:
         raise ParamsError(f"no specialisation '{name}' in lora.specialisations ({', '.join(p.specialisations)})")
     subjects = set(p.specialisations[name].subjects)
-    device = devices.stage_device(f"lora@{name}")
-    launch.relaunch(f"lora@{name}", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
+    device = launch.start(f"lora@{name}", p.launcher)
     if p.qlora and launch.shards_parameters(p.launcher):
         raise ParamsError("lora.qlora with a sharding launcher config (ZeRO-3, FSDP): the 4-bit base cannot be "
                           "sharded here; use configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
@@ -116,7 +115,7 @@ def main() -> None:
         "trainable_fraction": trainable / total,
         "steps": outcome.global_step,
         "processes": devices.world_size(),
-        "global_batch_size": p.batch_size * devices.world_size() * p.gradient_accumulation_steps,
+        "global_batch_size": trainer.global_batch(p),
         "val_loss_before": before,
         "val_loss_after": after,
         "target_loss_before": mean(before, targets),

@@ -27,8 +27,7 @@ def main() -> None:
     args = path_args(__doc__, "data_dir", "model_out", "checkpoints", "plots", "metrics")
 
     p: TrainParams = load_section("train")
-    device = devices.stage_device("train")
-    launch.relaunch("train", p.launcher, device)  # under accelerate/torchrun: returns in each launched process
+    device = launch.start("train", p.launcher)
     import torch
 
     if p.torch_threads:
@@ -79,7 +78,7 @@ def main() -> None:
         tok.save_pretrained(tmp)
     trainer.clear_checkpoints(args.checkpoints)
 
-    global_batch = p.batch_size * devices.world_size() * p.gradient_accumulation_steps
+    global_batch = trainer.global_batch(p)
     tokens_seen = outcome.global_step * global_batch * p.block_size
     metrics = {
         "parameters": causal_lm.parameter_count(model),

@@ -29,8 +29,7 @@ def main() -> None:
     args = path_args(__doc__, "frames_dir", "model_out", "split_dir", "checkpoints", "plots", "metrics")
 
     p: TrainCaptionerParams = load_section("train_captioner")
-    device = devices.stage_device("train_captioner")
-    launch.relaunch("train_captioner", p.launcher, device)  # under accelerate/torchrun: returns in each process
+    device = launch.start("train_captioner", p.launcher)
     import torch
 
     if p.torch_threads:

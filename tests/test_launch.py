@@ -46,6 +46,8 @@ def test_what_the_machine_cannot_run_fails_before_compute(monkeypatch):
     cpu = torch.device("cpu")
     with pytest.raises(ParamsError, match=r"train.launcher.num_processes: 64 processes on \d+ CPU cores"):
         launch.check("train", launcher(kind="torchrun", num_processes=64, config=""), cpu)
+    with pytest.raises(ParamsError, match=r"^lora.launcher.num_processes: 64"):  # the params key, not the stage's
+        launch.check("lora@arithmetic", launcher(kind="torchrun", num_processes=64, config=""), cpu)
     with pytest.raises(ParamsError, match="train.launcher.config: configs/accelerate/nope.yaml does not exist"):
         launch.check("train", launcher(kind="accelerate", num_processes=2, config="configs/accelerate/nope.yaml"), cpu)
     real_find_spec = launch.find_spec

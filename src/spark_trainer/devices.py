@@ -39,18 +39,18 @@ def resolve(device: str):
     if device == "auto":
         if not cuda:
             return torch.device("cpu")
-        return torch.device("cuda", local_rank() if world_size() > 1 else 0)
+        return torch.device("cuda", local_rank())
     if device == "cpu":
         return torch.device("cpu")
     if not cuda:
         raise ParamsError(f"compute.device: {device!r} but torch sees no CUDA device on this machine "
                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
                           "use auto or cpu")
-    index = int(device.split(":")[1]) if ":" in device else (local_rank() if world_size() > 1 else 0)
-    if index >= torch.cuda.device_count():
-        raise ParamsError(f"compute.device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) "
-                          "are visible; use cuda:0 .. cuda:{n-1} or auto".replace("{n-1}",
-                                                                                   str(torch.cuda.device_count() - 1)))
+    index = int(device.split(":")[1]) if ":" in device else local_rank()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ParamsError(f"compute.device: {device!r} but only {count} CUDA device(s) are visible; "
+                          f"use cuda:0 .. cuda:{count - 1} or auto")
     return torch.device("cuda", index)
 
 

@@ -34,10 +34,21 @@ def launched() -> bool:
     return LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
 
 
-def check(section: str, launcher: LauncherParams, device) -> None:
+def start(stage: str, launcher: LauncherParams):
+    """The first step of a training stage, after its params: the device it trains on
+    (compute.device), and under accelerate/torchrun the relaunch. Returns the device in
+    every launched process; the launching one exits with the launcher's status."""
+    from spark_trainer import devices
+
+    device = devices.stage_device(stage)
+    relaunch(stage, launcher, device)
+    return device
+
+
+def check(stage: str, launcher: LauncherParams, device) -> None:
     """Everything that can be known before compute: the launcher and config are there, the
     processes fit the devices. `device` is the resolved compute.device."""
-    key = f"{section}.launcher"
+    key = f"{stage.split('@')[0]}.launcher"  # lora@arithmetic reads lora.launcher
     if launcher.kind == "python":
         return
     if launcher.kind == "accelerate" and find_spec("accelerate") is None:
@@ -116,17 +127,17 @@ def command(launcher: LauncherParams, argv: list[str]) -> list[str]:
             "--num_processes", n, "--main_process_ip", "127.0.0.1", "--main_process_port", port, *argv]
 
 
-def relaunch(section: str, launcher: LauncherParams, device) -> None:
+def relaunch(stage: str, launcher: LauncherParams, device) -> None:
     """Run this stage again under its launcher and exit with the launcher's status; return at
     once when the launcher is `python` or this process is already a launched one."""
     if launcher.kind == "python" or launched():
         return
-    check(section, launcher, device)
+    check(stage, launcher, device)
     env = {**os.environ, LAUNCHED_ENV: "1"}
     if device.type == "cuda":
         from spark_trainer import gpus
 
-        choice = gpus.choose(launcher.num_processes, key=f"{section.split('@')[0]}.launcher.num_processes")
+        choice = gpus.choose(launcher.num_processes, key=f"{stage.split('@')[0]}.launcher.num_processes")
         if choice.visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = choice.visible_devices
         log.info("GPUs: %s", choice.reason)
@@ -134,6 +145,6 @@ def relaunch(section: str, launcher: LauncherParams, device) -> None:
         # Each process gets its share of the cores; more threads than cores slows DDP down many-fold.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.num_processes)))
     cmd = command(launcher, [sys.argv[0], *sys.argv[1:]])
-    log.info("%s: %d processes through %s: %s", section, launcher.num_processes, launcher.kind, " ".join(cmd))
+    log.info("%s: %d processes through %s: %s", stage, launcher.num_processes, launcher.kind, " ".join(cmd))
     result = subprocess.run(cmd, env=env, check=False)
     raise SystemExit(result.returncode)

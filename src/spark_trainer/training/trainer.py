@@ -175,6 +175,13 @@ def autocast(mixed_precision: str, model) -> Iterator[None]:
         yield
 
 
+def global_batch(p: LoopParams) -> int:
+    """Blocks per optimizer step over all processes: batch_size is per process."""
+    from spark_trainer import devices
+
+    return p.batch_size * devices.world_size() * p.gradient_accumulation_steps
+
+
 def write_empty_curve(live_dir: Path) -> None:
     """The dvclive layout without a step: what `dvc plots` reads when nothing was trained."""
     folder = live_dir / "plots" / "metrics" / "train"
@@ -244,7 +251,7 @@ def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_
         log.info("resuming from %s", resume)
     if tokens_per_step is None:
         tokens_per_step = p.batch_size * p.gradient_accumulation_steps * int(train_dataset.blocks.shape[1])
-    tokens_per_step *= devices.world_size()
+    tokens_per_step *= devices.world_size()  # the callers' figure is per process
     callbacks = list(extra_callbacks)
     early = eval_dataset is not None and p.efficiency.early_stopping_patience > 0
     if early:
