@@ -27,7 +27,7 @@
 #   EXTRA    more overrides for every experiment, e.g. EXTRA="-S evaluate_mmlu.num_fewshot=1"
 #   MODEL    the folder gpu_throughput.py trains (default: the copy's models/imported)
 #   KEEP=1   keep the temporary copy
-#   DEVICE=cpu  the same plumbing on the CPU, to try the script itself without a GPU (slow: pair it
+#   DEVICE=cpu  the same plumbing on a machine without a GPU, to try the script itself (slow: pair it
 #            with small STEPS, CHECKS and EXTRA; quantize_nf4, qlora and zero2 need CUDA)
 # About 6 to 10 minutes on an H100.
 set -euo pipefail
@@ -63,8 +63,8 @@ choice = gpus.choose(1)
 print(choice.reason, file=sys.stderr)
 print(choice.visible_devices or "")')" || die "no GPU could be chosen (above)"
     [[ -n "$CUDA_VISIBLE_DEVICES" ]] || die "NVML lists no usable GPU (above)"
-    export CUDA_VISIBLE_DEVICES
-    echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
+    export CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER=PCI_BUS_ID  # NVML's index, in NVML's order (spark_trainer.gpus)
+    echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER=$CUDA_DEVICE_ORDER"
 }
 
 if [[ "$DEVICE" == cuda ]]; then gpu_preflight; fi
@@ -100,8 +100,17 @@ git -C "$COPY" init -q && git -C "$COPY" add -A && git -C "$COPY" commit -qm "gp
 PATH="$(dirname "$PY"):$PATH"
 export PATH DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# the data stages' outputs as dvc.lock records them, from the checkout's DVC cache when it holds them: those
+# stages are then up to date in the copy and are not run again (the copy keeps a cache of its own)
+if [[ -d "$REPO/.dvc/cache" ]]; then
+    (cd "$COPY" && dvc remote add -q --local checkout "$REPO/.dvc/cache" \
+        && dvc pull -q -r checkout --allow-missing sample prepare quality_gates) \
+        || echo "gpu_check: the data stages' outputs are not in $REPO/.dvc/cache: the checks run those stages too"
+fi
 # the same LoRA settings in every experiment, so later ones reuse lora@arithmetic's outputs
-COMMON=(-S "compute.device=$DEVICE" -S "lora.max_steps=$STEPS" -S "lora.save_steps=$STEPS" -S lora.logging_steps=5
+# compute.device stays auto (CUDA when torch sees it): a changed value would make the data stages, whose
+# outputs were pulled above, run again
+COMMON=(-S "lora.max_steps=$STEPS" -S "lora.save_steps=$STEPS" -S lora.logging_steps=5
         -S "quantize.compare=[]" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 TRAIN=(-S "train.max_steps=$STEPS" -S "train.save_steps=$STEPS" -S train.logging_steps=5 -S train.warmup_steps=3)
 
@@ -123,7 +132,7 @@ exp() {
     local name=$1 limit=$2
     shift 2
     git show HEAD:params.yaml > params.yaml
-    timeout -k 20 $((limit * SLOW)) "$PY" scripts/exp_profile.py smollm2 --name "gpu-$name" -f "${COMMON[@]}" "$@"
+    timeout -k 20 $((limit * SLOW)) "$PY" scripts/exp_profile.py smollm2 --name "gpu-$name" "${COMMON[@]}" "$@"
 }
 
 # zero2 needs the launcher's accelerate config: a checkout without it says so (status SKIPPED)

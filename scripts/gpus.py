@@ -28,7 +28,7 @@ def rows(devices: list[gpus.Device]) -> list[list[str]]:
 
 
 def table(devices: list[gpus.Device]) -> str:
-    head = ["device", "name", "free MiB", "total MiB", "util", "MIG", "uuid (CUDA_VISIBLE_DEVICES)"]
+    head = ["device", "name", "free MiB", "total MiB", "util", "MIG", "uuid"]
     body = rows(devices)
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     right = {2, 3, 4}  # numbers align right

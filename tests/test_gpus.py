@@ -129,6 +129,7 @@ def test_without_nvml_the_inventory_is_empty_and_the_choice_is_the_cpu(monkeypat
     assert devices == [] and reason.startswith("NVML not available: ")
     choice = gpus.choose(4)  # no GPU to refuse over: the launch runs its processes on the CPU
     assert choice.visible_devices is None and choice.devices == []
+    assert choice.env == {}  # nothing to set
     assert choice.reason.startswith("NVML not available: ") and choice.reason.endswith("; running on the CPU")
 
 
@@ -167,11 +168,12 @@ def test_a_lost_gpu_is_skipped_and_named(install):
 def test_choose_takes_the_most_free_memory_ties_by_index(install):
     install(machine(10_000, 70_000, 30_000, 70_000))
     two = gpus.choose(2)
-    assert two.visible_devices == "GPU-111-aaaa,GPU-333-aaaa"  # UUIDs: CUDA's own numbering may differ
+    assert two.visible_devices == "1,3"  # NVML's indices ...
+    assert two.env == {"CUDA_VISIBLE_DEVICES": "1,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # ... which CUDA then uses too
     assert [d.index for d in two.devices] == [1, 3]
     assert two.reason.startswith("chose GPU 1 (NVIDIA H100 80GB HBM3, 70,000 of 81,559 MiB free), GPU 3")
     assert "the 2 with the most free memory of 4 usable on this machine" in two.reason
-    assert gpus.choose(1).visible_devices == "GPU-111-aaaa"  # the tie goes to the lower index
+    assert gpus.choose(1).visible_devices == "1"  # the tie goes to the lower index
     assert [d.index for d in gpus.choose(3).devices] == [1, 2, 3]
 
 
@@ -185,7 +187,7 @@ def test_too_few_gpus_or_too_little_memory_is_refused_with_the_fix(install):
     with pytest.raises(ParamsError, match=r"2 GPU\(s\) with at least 20,000 MiB free are needed, but only 1 "
                                           r".*GPU 0 10,000 MiB"):
         gpus.choose(2, min_free_mib=20_000)
-    assert gpus.choose(1, min_free_mib=20_000).visible_devices == "GPU-111-aaaa"
+    assert gpus.choose(1, min_free_mib=20_000).visible_devices == "1"
 
 
 def test_mig_instances_serve_one_process_only(install):
@@ -194,7 +196,8 @@ def test_mig_instances_serve_one_process_only(install):
     install([FakeGpu("NVIDIA A100", 80_000, util=None, mig=mig, uuid="GPU-parent"),
              FakeGpu("NVIDIA A100", 20_000, mig={}, uuid="GPU-plain")])
     one = gpus.choose(1)  # the parent's 80,000 MiB are not usable: its instances are
-    assert one.visible_devices == "MIG-big" and one.devices[0].label == "GPU 0 MIG 1"
+    assert one.visible_devices == "MIG-big" and one.devices[0].label == "GPU 0 MIG 1"  # a MIG instance has no index
+    assert one.env["CUDA_VISIBLE_DEVICES"] == "MIG-big"
     with pytest.raises(ParamsError, match=r"2 GPUs, but only 1 are usable on this machine: GPU 1 \(NVIDIA A100\) .*2 MIG instance\(s\) serve a one-process "
                                           r"run only"):
         gpus.choose(2)
@@ -204,7 +207,7 @@ def test_a_user_cuda_visible_devices_limits_the_choice(install, monkeypatch):
     install(machine(10_000, 70_000, 30_000, 50_000))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,GPU-222,3")  # an index, a UUID prefix, an index
     choice = gpus.choose(2)
-    assert choice.visible_devices == "GPU-222-aaaa,GPU-333-aaaa"
+    assert choice.visible_devices == "2,3"
     assert "among CUDA_VISIBLE_DEVICES=0,GPU-222,3 (set before the launch)" in choice.reason
     with pytest.raises(ParamsError, match="but only 3 are usable among CUDA_VISIBLE_DEVICES.*or unset CUDA_VISIBLE"):
         gpus.choose(4)
@@ -230,8 +233,7 @@ def test_the_script_prints_the_table_and_the_choice(install, monkeypatch, capsys
     runpy.run_path(str(REPO / "scripts/gpus.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "NVML, driver 550.54.15: 2 GPU(s)"
-    assert lines[1].split() == ["device", "name", "free", "MiB", "total", "MiB", "util", "MIG", "uuid",
-                                "(CUDA_VISIBLE_DEVICES)"]
+    assert lines[1].split() == ["device", "name", "free", "MiB", "total", "MiB", "util", "MIG", "uuid"]
     assert lines[2].split()[-3:] == ["-", "on", "GPU-parent"]
     assert lines[3].split()[:3] == ["GPU", "0", "MIG"] and lines[3].split()[-1] == "MIG-cafe"
     assert lines[4].split()[-5:] == ["20,000", "22,563", "12%", "off", "GPU-l4"]

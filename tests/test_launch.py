@@ -62,6 +62,35 @@ def test_what_the_machine_cannot_run_fails_before_compute(monkeypatch):
         launch.check("train", launcher(kind="torchrun", num_processes=2, config=""), torch.device("cuda", 0))
 
 
+def test_a_gpu_launch_exposes_the_chosen_gpus_by_index_in_nvml_order(monkeypatch):
+    from spark_trainer import gpus
+
+    h100 = dict(name="NVIDIA H100", total_mib=81_559, free_mib=80_000)
+    chosen = {"whole": [gpus.Device(index=1, uuid="GPU-111", **h100), gpus.Device(index=3, uuid="GPU-333", **h100)],
+              "mig": [gpus.Device(index=0, uuid="MIG-aaa", mig_index=2, **h100)]}
+    pick = "whole"
+    monkeypatch.setattr(gpus, "choose", lambda count, key: gpus.Choice(
+        ",".join(d.visible_id for d in chosen[pick]), chosen[pick], "chose"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv(launch.LAUNCHED_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(launch, "free_port", lambda: 29555)
+    runs = []
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, env, check: runs.append(env) or subprocess.CompletedProcess(cmd, 0))
+    ddp = launcher(kind="torchrun", num_processes=2, config="")
+    with pytest.raises(SystemExit) as done:
+        launch.relaunch("train", ddp, torch.device("cuda"))
+    assert done.value.code == 0
+    # DeepSpeed reads CUDA_VISIBLE_DEVICES as integers: indices, numbered as NVML numbers them
+    assert (runs[0]["CUDA_VISIBLE_DEVICES"], runs[0]["CUDA_DEVICE_ORDER"]) == ("1,3", "PCI_BUS_ID")
+    pick = "mig"
+    zero2 = launcher(kind="accelerate", num_processes=1, config="configs/accelerate/deepspeed_zero2.yaml")
+    with pytest.raises(ParamsError, match=r"^train.launcher.config configs/accelerate/deepspeed_zero2.yaml: "
+                                          r"DeepSpeed cannot run on a MIG instance"):
+        launch.relaunch("train", zero2, torch.device("cuda"))
+    assert len(runs) == 1  # refused before any process started
+
+
 def test_the_shipped_configs_say_what_they_shard(monkeypatch):
     monkeypatch.setattr(launch, "free_port", lambda: 29555)
     assert not launch.shards_parameters(launcher(kind="accelerate", num_processes=2, config="configs/accelerate/ddp.yaml"))

@@ -1,9 +1,11 @@
 """Which GPUs a launch gets: the machine's inventory through NVML, and a choice by free memory.
 
 `inventory()` lists every GPU NVML sees (and, where MIG mode is on, its MIG instances);
-`choose(count)` picks the `count` devices with the most free memory and returns the
-CUDA_VISIBLE_DEVICES value that exposes exactly them, as UUIDs: CUDA's own numbering
-(fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID) can differ from NVML's, a UUID cannot.
+`choose(count)` picks the `count` devices with the most free memory and returns the environment
+that exposes exactly them (`Choice.env`): CUDA_VISIBLE_DEVICES as NVML's indices, with
+CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA numbers GPUs as NVML does (its default is fastest
+first), and MIG instances by their MIG- UUIDs (they have no index). Indices rather than GPU-
+UUIDs because DeepSpeed reads CUDA_VISIBLE_DEVICES as integers.
 A CUDA_VISIBLE_DEVICES the user already set limits the choice to the devices it names.
 Without NVML (no NVIDIA driver) both say why and the launch runs on the CPU; nothing raises.
 
@@ -25,7 +27,7 @@ class Device:
     """A GPU, or one MIG instance of a GPU (then `mig_index` is set and `index` is its parent's)."""
 
     index: int  # NVML's index (PCI bus order)
-    uuid: str  # GPU-... or MIG-...: what CUDA_VISIBLE_DEVICES takes
+    uuid: str  # GPU-... or MIG-...: CUDA_VISIBLE_DEVICES takes either
     name: str
     total_mib: int
     free_mib: int
@@ -33,6 +35,11 @@ class Device:
     mig_enabled: bool = False
     mig: tuple[Device, ...] = ()  # the instances, when MIG mode is on (CUDA then sees them, not the GPU)
     mig_index: int | None = None
+
+    @property
+    def visible_id(self) -> str:
+        """How CUDA_VISIBLE_DEVICES names it (with CUDA_DEVICE_ORDER=PCI_BUS_ID): the index, or a MIG UUID."""
+        return str(self.index) if self.mig_index is None else self.uuid
 
     @property
     def label(self) -> str:
@@ -48,6 +55,13 @@ class Choice:
     visible_devices: str | None  # the CUDA_VISIBLE_DEVICES value to launch with; None: run on the CPU
     devices: list[Device] = field(default_factory=list)
     reason: str = ""  # what was chosen and why (or why nothing): the caller logs it
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables a launch sets: none when it runs on the CPU."""
+        if self.visible_devices is None:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": self.visible_devices, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 def _mib(n_bytes: int) -> int:
@@ -124,8 +138,8 @@ def _user_visible(gpus: list[Device], value: str) -> list[Device]:
     named = []
     for entry in (e.strip() for e in value.split(",")):
         if entry.isdigit():
-            # CUDA counts fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; on a machine of one GPU model
-            # both orders are NVML's. Prefer UUIDs on mixed machines.
+            # NVML's index: CUDA's own when CUDA_DEVICE_ORDER=PCI_BUS_ID, which the launch sets; without it
+            # CUDA counts fastest first (the same order on a machine of one GPU model)
             match = [u for u in units if u.index == int(entry)][:1]
         else:
             match = [u for u in units if u.uuid.startswith(entry)]
@@ -176,4 +190,4 @@ def choose(count: int, min_free_mib: int = 0, *, key: str = "launcher.num_proces
     chosen = sorted(roomy[:count], key=lambda d: (d.index, d.mig_index or 0))
     picked = ", ".join(f"{d.label} ({d.name}, {d.free_mib:,} of {d.total_mib:,} MiB free)" for d in chosen)
     reason = f"chose {picked}: the {count} with the most free memory of {len(ranked)} usable {scope}"
-    return Choice(",".join(d.uuid for d in chosen), chosen, reason)
+    return Choice(",".join(d.visible_id for d in chosen), chosen, reason)

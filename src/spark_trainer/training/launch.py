@@ -138,8 +138,10 @@ def relaunch(stage: str, launcher: LauncherParams, device) -> None:
         from spark_trainer import gpus
 
         choice = gpus.choose(launcher.num_processes, key=f"{stage.split('@')[0]}.launcher.num_processes")
-        if choice.visible_devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = choice.visible_devices
+        if uses_deepspeed(launcher) and any(d.mig_index is not None for d in choice.devices):
+            raise ParamsError(f"{stage.split('@')[0]}.launcher.config {launcher.config}: DeepSpeed cannot run on a "
+                              f"MIG instance ({choice.reason}); use configs/accelerate/ddp.yaml, or whole GPUs")
+        env.update(choice.env)
         log.info("GPUs: %s", choice.reason)
     if device.type == "cpu":
         # Each process gets its share of the cores; more threads than cores slows DDP down many-fold.
