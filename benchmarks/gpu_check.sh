@@ -29,7 +29,7 @@
 #   KEEP=1   keep the temporary copy
 #   DEVICE=cpu  the same plumbing on a machine without a GPU, to try the script itself (slow: pair it
 #            with small STEPS, CHECKS and EXTRA; quantize_nf4, qlora and zero2 need CUDA)
-# About 6 to 10 minutes on an H100.
+# About 12 minutes on an H200, mostly process start-up and imports (results/gpu_check-h200/README.md).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

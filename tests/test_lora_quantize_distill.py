@@ -232,7 +232,7 @@ def test_checkpointing_eager_attention_accumulation_and_early_stopping_run(base,
     model = causal_lm.load_pretrained(str(path))
     outcome = trainer.train_model(model, packing.BlockDataset(blocks), p, tmp_path / "ckpt", None, "e",
                                       eval_dataset=packing.BlockDataset(blocks[:4]))
-    assert model.config._attn_implementation == "eager" and model.is_gradient_checkpointing
+    assert model.config._attn_implementation == "eager" and model.is_activation_checkpointing
     assert any("eval_loss" in entry for entry in outcome.log_history)
     assert outcome.global_step < 40  # a learning rate of 0.5 diverges: early stopping ends the run
 
