@@ -10,6 +10,8 @@
 The profile is checked against params.yaml first (an unknown key names the closest valid
 one). After a workspace run, `git checkout params.yaml dvc.lock metrics reports && dvc checkout`
 returns the workspace to the default profile; the experiment stays in `dvc exp show`.
+`--save` leaves out the metrics of stages the experiment did not run under its params (a run
+with targets keeps the baseline's files for the others) and lists those stages on the page.
 """
 
 import argparse

@@ -80,9 +80,26 @@ def test_smollm2_profile_runs_the_lm_branch_on_the_real_model(smoke_pipeline, tm
     run_ok([sys.executable, "scripts/exp_profile.py", "smollm2", "--name", "real-smoke", "--save"], root, env)
     saved = root / "results/real-smoke/metrics/import_model.json"
     assert json.loads(saved.read_text()) == imported
+    # distill was not a target: its metrics in the experiment's commit are the baseline's, so not saved
+    assert not (root / "results/real-smoke/metrics/distill.json").exists()
+    assert (root / "results/real-smoke/metrics/evaluate_mmlu/quantized.json").is_file()
+    assert "`distill`" in (root / "results/real-smoke/README.md").read_text()
     default = subprocess.run(["git", "show", "HEAD:metrics/train.json"], cwd=root, env=env, capture_output=True,
                              text=True, check=True).stdout
     assert json.loads(default)["source"] == "config"  # the default profile's commit is untouched
+
+
+def test_stages_an_experiment_did_not_run_are_stale_by_their_recorded_params():
+    lock = {"schema": "2.0", "stages": {
+        "sample": {"params": {"params.yaml": {"sample": {"seed": 1}}}, "outs": [{"path": "data/sample"}]},
+        "lora@arithmetic": {"params": {"params.yaml": {"lora.max_steps": 60, "compute": {"device": "auto"}}},
+                            "outs": [{"path": "models/lora/arithmetic"}, {"path": "metrics/lora/arithmetic.json"}]},
+        "distill": {"params": {"params.yaml": {"distill.max_steps": 20}}, "outs": [{"path": "metrics/distill.json"}]},
+        "headline": {"outs": [{"path": "metrics/headline.json"}]},  # no params: never stale by them
+        "gone": {"params": {"params.yaml": {"removed.key": 1}}, "outs": [{"path": "reports/gone"}]}}}
+    params = {"sample": {"seed": 1}, "lora": {"max_steps": 60}, "compute": {"device": "auto"},
+              "distill": {"max_steps": 60}}
+    assert profiles.stale_stages(lock, params) == {"distill": ["metrics/distill.json"], "gone": ["reports/gone"]}
 
 
 def test_profile_values_of_every_kind_reach_params_through_dvcs_override_grammar(tmp_path):

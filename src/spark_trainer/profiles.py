@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -116,20 +117,62 @@ def experiment_ref(name: str, repo: Path = Path(".")) -> str:
     raise ParamsError(f"no experiment named '{name}' (`dvc exp show`): run `python scripts/exp_profile.py {name}` first")
 
 
+_MISSING = object()
+
+
+def _param(params: dict, dotted: str) -> Any:
+    value: Any = params
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def stale_stages(lock: dict, params: dict) -> dict[str, list[str]]:
+    """The stages of a dvc.lock whose recorded params.yaml values differ from `params`, with their
+    outputs: an experiment run with targets leaves the other stages' entries (and metrics) as the
+    baseline wrote them, under params that no longer produce them."""
+    stale = {}
+    for stage, entry in (lock.get("stages") or {}).items():
+        recorded = (entry.get("params") or {}).get(PARAMS_FILE, {})
+        if any(_param(params, key) != value for key, value in recorded.items()):
+            stale[stage] = [out["path"] for out in entry.get("outs", [])]
+    return stale
+
+
+def _git_show(ref: str, rel: str, repo: Path) -> bytes:
+    return subprocess.run(["git", "show", f"{ref}:{rel}"], cwd=repo, capture_output=True, check=True).stdout
+
+
 def save_results(name: str, repo: Path = Path(".")) -> list[Path]:
-    """Copy the experiment's git-tracked metrics, reports and dvc.lock into results/<name>/."""
+    """Copy the experiment's git-tracked metrics, reports and dvc.lock into results/<name>/, leaving out
+    the outputs of stages the experiment did not run under its params (listed on the summary page)."""
     ref = experiment_ref(name, repo)
     files = subprocess.run(["git", "ls-tree", "-r", "--name-only", ref, "--", *SAVED], cwd=repo, capture_output=True,
                            text=True, check=True).stdout.split()
+    stale = stale_stages(yaml.safe_load(_git_show(ref, "dvc.lock", repo)) or {},
+                         yaml.safe_load(_git_show(ref, PARAMS_FILE, repo)) or {})
+    left_out = [out for outs in stale.values() for out in outs]
+    folder = repo / RESULTS_DIR / name
+    for old in (*SAVED, "README.md"):  # what an earlier save wrote: a stage left out now must not linger
+        path = folder / old
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     written = []
     for rel in files:
-        data = subprocess.run(["git", "show", f"{ref}:{rel}"], cwd=repo, capture_output=True, check=True).stdout
+        if any(rel == out or rel.startswith(out.rstrip("/") + "/") for out in left_out):
+            continue
+        data = _git_show(ref, rel, repo)
         target = repo / RESULTS_DIR / name / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         written.append(target)
     page = repo / RESULTS_DIR / name / "README.md"
-    page.write_text(summary(page.parent, name) + "\n")
+    text = summary(page.parent, name)
+    if stale:
+        text += ("\n\nNot run in this experiment, so left out (their dvc.lock entries are the baseline's): "
+                 + ", ".join(f"`{stage}`" for stage in sorted(stale)) + ".")
+    page.write_text(text + "\n")
     return [*written, page]
 
 
