@@ -156,21 +156,24 @@ def test_two_processes_train_like_one_with_the_same_global_batch(smoke_pipeline,
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(launch.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")
-def test_deepspeed_zero3_gathers_the_sharded_model_for_rank_0(smoke_pipeline, tmp_path):
+@pytest.mark.parametrize("config", [
+    pytest.param("configs/accelerate/deepspeed_zero3.yaml", id="zero3", marks=pytest.mark.skipif(
+        launch.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")),
+    pytest.param("configs/accelerate/fsdp.yaml", id="fsdp")])
+def test_sharded_training_gathers_the_model_for_rank_0(smoke_pipeline, tmp_path, config):
     root, env = pipeline_copy(smoke_pipeline, tmp_path)
     env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")
     single = run_stage(root, env, "single", batch_size=8, max_steps=8)
-    zero3 = run_stage(root, env, "zero3", batch_size=4, max_steps=8,
-                      launcher={"kind": "accelerate", "num_processes": 2,
-                                "config": "configs/accelerate/deepspeed_zero3.yaml"})
+    sharded = run_stage(root, env, "sharded", batch_size=4, max_steps=8,
+                        launcher={"kind": "accelerate", "num_processes": 2, "config": config})
     # rank 0 evaluated and saved the whole model, not its shard
-    assert math.isclose(zero3["val_loss"], single["val_loss"], rel_tol=1e-4)
+    assert sharded["processes"] == 2 and sharded["global_batch_size"] == single["global_batch_size"] == 8
+    assert math.isclose(sharded["val_loss"], single["val_loss"], rel_tol=1e-4)
     from safetensors.torch import load_file
 
-    weights = load_file(root / "zero3/model/model.safetensors")
+    weights = load_file(root / "sharded/model/model.safetensors")
     assert all(t.numel() > 0 for t in weights.values())
-    assert sum(t.numel() for t in weights.values()) >= zero3["parameters"] - weights["model.embed_tokens.weight"].numel()
+    assert sum(t.numel() for t in weights.values()) >= sharded["parameters"] - weights["model.embed_tokens.weight"].numel()
 
 
 def ranks(pid: int) -> dict[int, int]:
