@@ -18,7 +18,7 @@ move is written to the audit log `registry/promotions.jsonl` before it happens (
 The registration lives in the MLflow store, which DVC does not see. `registry/registered.json`
 (a cached DVC out, git-ignored) names the version and the store's registered model
 (`registry`: its name and creation time); canary_promote refuses a store that is not that
-one (a fresh clone, a deleted mlflow.db) and says to run `dvc repro -f register`.
+one (a fresh clone, a deleted mlflow.db) and says to run `dvc repro -f -s register`.
 """
 
 from spark_trainer import tracking

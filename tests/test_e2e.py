@@ -253,7 +253,7 @@ def test_a_store_that_is_not_the_registered_one_is_refused_until_register_reruns
     result = subprocess.run(["dvc", "repro", "-f", "-s", "canary_promote"], cwd=root, env=env, capture_output=True,
                             check=False,
                             text=True)
-    assert result.returncode != 0 and "dvc repro -f register" in result.stdout + result.stderr
+    assert result.returncode != 0 and "dvc repro -f -s register" in result.stdout + result.stderr
     _run(["dvc", "repro", "-f", "-s", "register"], root, env)
     out, err = _run(["dvc", "repro"], root, env)
     assert "Running stage 'canary_promote'" in out, out + err

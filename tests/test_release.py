@@ -287,7 +287,7 @@ def test_unknown_model_and_deleted_champion_are_clear_errors(champion_project, a
     client = MlflowClient(f"sqlite:///{signed / 'mlflow.db'}")
     client.set_registered_model_alias(NAME, "challenger", "1")  # moved by someone else
     run = stage(signed, "canary_promote")
-    assert run.returncode == 2 and "registered version 2" in run.stderr and "dvc repro -f register" in run.stderr
+    assert run.returncode == 2 and "registered version 2" in run.stderr and "dvc repro -f -s register" in run.stderr
     client.set_registered_model_alias(NAME, "challenger", "2")
     client.delete_model_version(NAME, "1")
     run = stage(signed, "canary_promote")

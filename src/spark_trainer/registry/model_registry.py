@@ -252,7 +252,7 @@ def resolve_alias(uri: str, name: str, alias: str) -> Version | None:
         if _missing(e):
             known = sorted(m.name for m in c.search_registered_models())
             raise RegistryError(f"no registered model '{name}' in {uri} (known: {known or 'none'}): run "
-                                "`dvc repro -f register` or fix register.model_name") from e
+                                "`dvc repro -f -s register` or fix register.model_name") from e
         raise
     if alias not in (model.aliases or {}):
         return None
@@ -449,7 +449,7 @@ def registered_version(uri: str, marker: str | Path) -> Version:
     name, version = reported["name"], str(reported["version"])
     from mlflow.exceptions import MlflowException
 
-    fix = "run `dvc repro -f register` to register this workspace's bundle there"
+    fix = "run `dvc repro -f -s register` to register this workspace's bundle there"
     try:
         found = identity(uri, name)
     except MlflowException as e:
@@ -470,8 +470,8 @@ def check_registered(challenger: Version | None, uri: str, marker: str | Path) -
     registered = registered_version(uri, marker)
     name, version = registered.name, registered.version
     if challenger is None:
-        raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro -f register` first")
+        raise RegistryError(f"'{name}' has no '{CHALLENGER}' alias: run `dvc repro -f -s register` first")
     if challenger.version != version:
         raise RegistryError(f"alias '{CHALLENGER}' of '{name}' is version {challenger.version}, but this workspace "
                             f"registered version {version} ({marker}): another run moved it; run "
-                            "`dvc repro -f register` to point it back at this workspace's bundle")
+                            "`dvc repro -f -s register` to point it back at this workspace's bundle")
