@@ -4,8 +4,8 @@
 `choose(count)` picks the `count` devices with the most free memory and returns the environment
 that exposes exactly them (`Choice.env`): CUDA_VISIBLE_DEVICES as NVML's indices, with
 CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA numbers GPUs as NVML does (its default is fastest
-first), and MIG instances by their MIG- UUIDs (they have no index). Indices rather than GPU-
-UUIDs because DeepSpeed reads CUDA_VISIBLE_DEVICES as integers.
+first), and MIG instances by their MIG UUIDs (they have no index). Whole GPUs go by index,
+not by UUID, because DeepSpeed reads CUDA_VISIBLE_DEVICES as integers.
 A CUDA_VISIBLE_DEVICES the user already set limits the choice to the devices it names.
 Without NVML (no NVIDIA driver) both say why and the launch runs on the CPU; nothing raises.
 
