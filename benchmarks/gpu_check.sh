@@ -27,7 +27,7 @@
 #   EXTRA    more overrides for every experiment, e.g. EXTRA="-S evaluate_mmlu.num_fewshot=1"
 #   MODEL    the folder gpu_throughput.py trains (default: the copy's models/imported)
 #   KEEP=1   keep the temporary copy
-#   DEVICE=cpu  the same plumbing on a machine without a GPU, to try the script itself (slow: pair it
+#   DEVICE=cpu  the same plumbing on the CPU (GPUs hidden), to try the script itself (slow: pair it
 #            with small STEPS, CHECKS and EXTRA; quantize_nf4, qlora and zero2 need CUDA)
 # About 12 minutes on an H200, mostly process start-up and imports (results/gpu_check-h200/README.md).
 set -euo pipefail
@@ -67,7 +67,8 @@ print(choice.visible_devices or "")')" || die "no GPU could be chosen (above)"
     echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER=$CUDA_DEVICE_ORDER"
 }
 
-if [[ "$DEVICE" == cuda ]]; then gpu_preflight; fi
+# compute.device stays auto in every check (see COMMON), so a CPU run hides the GPUs instead
+if [[ "$DEVICE" == cuda ]]; then gpu_preflight; else export CUDA_VISIBLE_DEVICES=""; fi
 "$PY" - "$DEVICE" > "$OUT/torch.json" <<'PYTHON' || die "torch cannot use the $DEVICE device (above)"
 import json, sys
 import torch

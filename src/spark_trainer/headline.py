@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_trainer.errors import InputDataError
+from spark_trainer.params import dotted_get
 
 CANARY_DECISIONS = {"Successful": 1, "Inconclusive": 0, "Failed": -1}
 # The MMLU models whose continuation accuracy is headlined (evaluate_mmlu's foreach keys).
@@ -35,13 +36,11 @@ class Headline:
 
 def node(data: dict[str, Any], dotted: str, source: str) -> Any:
     """The value at `a.b.c` in a metrics file; a missing key names the file and the key."""
-    value: Any = data
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise InputDataError(f"{source}: no key '{dotted}' (missing '{part}'); rerun the stage that writes "
-                                 "it (`dvc repro`), or update spark_trainer/headline.py if it was renamed")
-        value = value[part]
-    return value
+    try:
+        return dotted_get(data, dotted)
+    except KeyError as e:
+        raise InputDataError(f"{source}: no key '{dotted}' (missing '{e.args[0]}'); rerun the stage that writes "
+                             "it (`dvc repro`), or update spark_trainer/headline.py if it was renamed") from None
 
 
 def number(data: dict[str, Any], dotted: str, source: str) -> float | int:

@@ -995,6 +995,15 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def dotted_get(data: Any, dotted: str) -> Any:
+    """The value at `a.b.c` in nested mappings; KeyError with the first part that is missing."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(part)
+        data = data[part]
+    return data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from spark_trainer.errors import ParamsError
-from spark_trainer.params import PARAMS_FILE, read_yaml, validate_section
+from spark_trainer.params import PARAMS_FILE, dotted_get, read_yaml, validate_section
 from spark_trainer.search import check_override
 
 PROFILES_DIR = Path("configs/profiles")
@@ -68,10 +68,9 @@ def load(name: str, repo: Path = Path("."), params_file: str = PARAMS_FILE,
     overrides = {**leaves(tree), **dict(parse_set(text) for text in extra)}
     params = read_yaml(repo / params_file)
     for key, value in overrides.items():  # unknown keys, named with the closest valid one
-        node = params
-        for part in key.split(".")[:-1]:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if not isinstance(node, dict) or key.split(".")[-1] not in node:
+        try:
+            dotted_get(params, key)
+        except KeyError:
             check_override(params, key, value, path)  # raises with the closest key
     merged = copy.deepcopy(params)
     for key, value in overrides.items():
@@ -117,16 +116,11 @@ def experiment_ref(name: str, repo: Path = Path(".")) -> str:
     raise ParamsError(f"no experiment named '{name}' (`dvc exp show`): run `python scripts/exp_profile.py {name}` first")
 
 
-_MISSING = object()
-
-
-def _param(params: dict, dotted: str) -> Any:
-    value: Any = params
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
+def _holds(params: dict, dotted: str, value: Any) -> bool:
+    try:
+        return dotted_get(params, dotted) == value
+    except KeyError:
+        return False
 
 
 def stale_stages(lock: dict, params: dict) -> dict[str, list[str]]:
@@ -136,7 +130,7 @@ def stale_stages(lock: dict, params: dict) -> dict[str, list[str]]:
     stale = {}
     for stage, entry in (lock.get("stages") or {}).items():
         recorded = (entry.get("params") or {}).get(PARAMS_FILE, {})
-        if any(_param(params, key) != value for key, value in recorded.items()):
+        if not all(_holds(params, key, value) for key, value in recorded.items()):
             stale[stage] = [out["path"] for out in entry.get("outs", [])]
     return stale
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spark_trainer.errors import ParamsError, SparkTrainerError
-from spark_trainer.params import PARAMS_FILE, SECTIONS, closest, read_yaml, validate_section
+from spark_trainer.params import PARAMS_FILE, SECTIONS, closest, dotted_get, read_yaml, validate_section
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ def declared_metrics(repo: Path) -> list[str]:
 
 
 def lookup(data: Any, dotted: str) -> float | None:
-    for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
+    try:
+        data = dotted_get(data, dotted)
+    except KeyError:
+        return None
     if isinstance(data, bool) or not isinstance(data, (int, float)) or not math.isfinite(data):
         return None
     return float(data)
