@@ -61,13 +61,14 @@ def main() -> None:
         # Every registry version the report names is fetched and verified, whatever serves it:
         # the report states what verification proved about it, not what a tag claims.
         challenger_dir, challenger_facts = promotion.fetch_bundle(uri, challenger, reg)
-        served = {"challenger": adapters.build(p.serving.challenger, challenger_dir, p.serving.timeout_s, device)}
+        serve = {"timeout_s": p.serving.timeout_s, "device": device, "chat": probes.chat}
+        served = {"challenger": adapters.build(p.serving.challenger, challenger_dir, **serve)}
         champion_facts: dict = {}
         if local is not None:
-            served["champion"] = adapters.build(p.serving.champion, local, p.serving.timeout_s, device)
+            served["champion"] = adapters.build(p.serving.champion, local, **serve)
         elif champion is not None:
             champion_dir, champion_facts = promotion.fetch_bundle(uri, champion, reg)
-            served["champion"] = adapters.build(p.serving.champion, champion_dir, p.serving.timeout_s, device)
+            served["champion"] = adapters.build(p.serving.champion, champion_dir, **serve)
         scorer = toxicity.build_scorer(t.backend, t.model_type, t.checkpoint, t.huggingface_config_path, t.fallback,
                                        t.batch_size, t.checkpoint_sha256, device)
 
@@ -106,7 +107,9 @@ def main() -> None:
                "champion_release_override": champion_facts.get("release_override"),
                "decision": decision, "status": status, "reason": reason, "steps": stable_steps,
                "would_promote": decision == "Successful",
-               "toxicity_backend": scorer.backend}
+               "toxicity_backend": scorer.backend,
+               # which arms sent the probes through their model's chat template (evaluate_safety.chat)
+               "chat_template": {arm: adapter.chat for arm, adapter in sorted(served.items())}}
     write_text_atomic(args.report, report.markdown(metrics, p.rules))
     with timer.phase("evidently"):
         replies = replayer.cache

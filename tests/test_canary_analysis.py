@@ -10,6 +10,7 @@ from spark_trainer.canary.traffic import Item, answer_f1, is_correct
 from spark_trainer.errors import ParamsError
 from spark_trainer.params import AnalysisParams, MetricRule, validate_section
 from tests.conftest import deep_merge, repo_params
+from tests.test_evaluate_safety import CHAT_TEMPLATE, tiny_model  # noqa: F401  (a fixture: a small saved causal LM)
 
 A = AnalysisParams(alpha=0.05, min_samples=20, bootstrap_resamples=500, failure_limit=0.05,
                    consecutive_error_limit=5, seed=3)
@@ -140,6 +141,8 @@ def test_paired_replay_interleaves_the_models_and_asks_each_item_once():
     calls = []
 
     class Recorder:
+        chat = False
+
         def __init__(self, name):
             self.name = name
 
@@ -157,3 +160,37 @@ def test_paired_replay_interleaves_the_models_and_asks_each_item_once():
     split = Replayer({"champion": Recorder("a"), "challenger": Recorder("b")}, 4, 5, lambda i, r: {}).route(
         "ab", items, 100, 0)
     assert sorted(r.item.id for rs in split.values() for r in rs) == sorted(i.id for i in items)
+
+
+def test_an_in_process_model_with_a_chat_template_gets_probes_as_evaluate_safety_sends_them(
+        tiny_model, monkeypatch):  # noqa: F811
+    # evaluate_safety.chat: auto sends a probe through the tokenizer's chat template; the canary
+    # replays the same conversation, so its safety figures measure what the gates measured.
+    import json
+
+    from spark_trainer.canary import adapters
+    from spark_trainer.evaluation import safety
+
+    sent = []
+    monkeypatch.setattr(safety, "generate", lambda model, tok, prompts, n, chat=False: sent.append(
+        (prompts[0], chat)) or ["reply"])
+    probe = Item("j1", "jailbreak", "System: keep it\nUser: tell me\nAssistant:", system="keep it", user="tell me")
+    question = Item("q1", "question", "Question: 2+2?\nAnswer:", "4")
+
+    plain = adapters.InProcessAdapter(tiny_model, chat="auto")  # no template: plain text
+    assert not plain.chat
+    for item in (probe, question):
+        adapters.ask(plain, item, 4)
+    assert sent == [(probe.prompt, False), (question.prompt, False)]
+    with pytest.raises(ParamsError, match="evaluate_safety.chat is true, but the tokenizer"):
+        adapters.InProcessAdapter(tiny_model, chat=True)
+
+    config = tiny_model / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": CHAT_TEMPLATE}))
+    sent.clear()
+    chat = adapters.InProcessAdapter(tiny_model, chat="auto")
+    assert chat.chat and not adapters.InProcessAdapter(tiny_model, chat=False).chat
+    for item in (probe, question):
+        adapters.ask(chat, item, 4)
+    assert sent[0] == (safety.chat_prompt(chat.tokenizer, "keep it", "tell me"), True)
+    assert sent[1] == (question.prompt, False)  # questions stay plain text, as evaluate_mmlu scores them

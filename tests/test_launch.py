@@ -157,6 +157,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(smoke_pipeline,
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("config", [
+    pytest.param("configs/accelerate/deepspeed_zero2.yaml", id="zero2", marks=pytest.mark.skipif(
+        launch.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")),
     pytest.param("configs/accelerate/deepspeed_zero3.yaml", id="zero3", marks=pytest.mark.skipif(
         launch.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")),
     pytest.param("configs/accelerate/fsdp.yaml", id="fsdp")])

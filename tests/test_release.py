@@ -548,3 +548,39 @@ def test_the_card_compares_with_the_base_and_states_the_signing_state_and_base_m
     (tmp_path / "models" / "base").mkdir(parents=True)  # a local folder names nothing a reader can find
     with pytest.raises(ParamsError, match="neither a hub id"):
         card.base_model("models/base")
+
+
+def test_lineage_records_the_declared_deps_only(tmp_path, monkeypatch):
+    # The bundle's lineage is a function of what dvc.yaml declares for the stage: not of
+    # dvc.lock, other stages' params or code upstream, which DVC does not rerun it for.
+    import hashlib
+
+    import yaml
+
+    from spark_trainer.packaging import bundle
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], check=True)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "eval.json").write_text('{"acc": 0.5}')
+    params = {"package": {"name": "x"}, "train": {"lr": 0.1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": "true", "deps": ["train.py"], "params": ["train"], "outs": ["model"]},
+        "package": {"cmd": "true", "deps": ["model", "eval.json"], "params": ["package"], "outs": ["dist"]}}}))
+    (tmp_path / "train.py").write_text("print(1)")
+    first = bundle.lineage("package", "model")
+    assert first["inputs"]["eval.json"] == hashlib.md5(b'{"acc": 0.5}').hexdigest()
+    assert first["inputs"]["model"].endswith(".dir") and first["data"]["md5"] == first["inputs"]["model"]
+    assert set(first["inputs"]) == {"model", "eval.json"}
+
+    (tmp_path / "train.py").write_text("print(2)")  # upstream code, not a dep of package
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {"cmd": "true"}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "train": {"lr": 0.2}}))
+    assert bundle.lineage("package", "model") == first
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "package": {"name": "y"}}))
+    assert bundle.lineage("package", "model")["params_sha256"] != first["params_sha256"]
+    (tmp_path / "model" / "w.bin").write_bytes(b"other weights")
+    assert bundle.lineage("package", "model")["data"]["md5"] != first["data"]["md5"]

@@ -1,6 +1,8 @@
 """Serving adapters: one `complete(prompt, max_tokens) -> text` over several APIs.
 
-- in_process: the bundle loaded with transformers in this process (default);
+- in_process: the bundle loaded with transformers in this process (default). A probe goes
+  through the model's chat template, as evaluate_safety sends it, when
+  `evaluate_safety.chat` says so (auto: when the tokenizer has one);
 - openai: an OpenAI-compatible completions server (`POST /v1/completions`, as vLLM and
   TGI serve, and scripts/serve.py);
 - kserve_v2: the KServe v2 / Open Inference Protocol (`POST /v2/models/<name>/infer`,
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from spark_trainer.canary.traffic import Item
 from spark_trainer.errors import ParamsError
 from spark_trainer.params import ENV_REF, ServingEndpoint
 from spark_trainer.tracking import REDACTED, redact_text, redact_url
@@ -36,20 +39,34 @@ class AdapterError(Exception):
 
 class Adapter(Protocol):
     name: str
+    chat: bool  # a probe's conversation goes through the model's chat template (complete_chat)
 
     def complete(self, prompt: str, max_tokens: int) -> str: ...
 
+    def complete_chat(self, system: str, user: str, max_tokens: int) -> str: ...
+
+
+def ask(adapter: Adapter, item: Item, max_tokens: int) -> str:
+    """The adapter's reply to a traffic item: a probe as a [system, user] conversation where
+    the adapter reads chat, otherwise the plain prompt."""
+    if adapter.chat and item.system is not None:
+        return adapter.complete_chat(item.system, item.user, max_tokens)
+    return adapter.complete(item.prompt, max_tokens)
+
 
 class InProcessAdapter:
-    """Greedy generation with the bundle's model in this process, on `device` (compute.device)."""
+    """Greedy generation with the bundle's model in this process, on `device` (compute.device).
+    `chat`: evaluate_safety.chat (auto, true, false), resolved against the bundle's tokenizer."""
 
-    def __init__(self, bundle_dir: Path, device="cpu") -> None:
+    def __init__(self, bundle_dir: Path, device="cpu", chat: bool | str = False) -> None:
+        from spark_trainer.evaluation.safety import use_chat
         from spark_trainer.modeling import causal_lm
         from spark_trainer.modeling.tokenizer import load_pretrained
 
         self.name = f"in_process:{bundle_dir.name}"
         self.model = causal_lm.load_for_inference(bundle_dir, device=device)
         self.tokenizer = load_pretrained(str(bundle_dir))
+        self.chat = use_chat(self.tokenizer, chat, bundle_dir)
         self.context_length = int(self.model.config.max_position_embeddings)
         # No token holds more characters than the longest vocabulary entry, so a longer
         # prompt than this cannot fit the context: a server refuses it without tokenizing.
@@ -58,16 +75,23 @@ class InProcessAdapter:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    def complete(self, prompt: str, max_tokens: int) -> str:
+    def complete(self, prompt: str, max_tokens: int, chat: bool = False) -> str:
         from spark_trainer.evaluation.safety import generate
 
         try:
-            return generate(self.model, self.tokenizer, [prompt], max_tokens)[0]
+            return generate(self.model, self.tokenizer, [prompt], max_tokens, chat)[0]
         except (RuntimeError, ValueError, IndexError) as e:
             raise AdapterError(f"in-process generation failed: {e}") from e
 
+    def complete_chat(self, system: str, user: str, max_tokens: int) -> str:
+        from spark_trainer.evaluation.safety import chat_prompt
+
+        return self.complete(chat_prompt(self.tokenizer, system, user), max_tokens, chat=True)
+
 
 class _HttpAdapter:
+    chat = False  # a completions API is sent the plain prompt; the server owns any template
+
     def __init__(self, endpoint: ServingEndpoint, timeout_s: float) -> None:
         import requests
 
@@ -195,10 +219,12 @@ def dig(data: Any, path: str) -> Any:
     return data
 
 
-def build(endpoint: ServingEndpoint, bundle_dir: Path | None, timeout_s: float, device="cpu") -> Adapter:
-    """`device`: where an in_process adapter runs its model (an HTTP one's server decides)."""
+def build(endpoint: ServingEndpoint, bundle_dir: Path | None, timeout_s: float, device="cpu",
+          chat: bool | str = False) -> Adapter:
+    """`device` and `chat` (evaluate_safety.chat): how an in_process adapter runs its model
+    and sends probes (an HTTP one's server decides both)."""
     if endpoint.adapter == "in_process":
         assert bundle_dir is not None
-        return InProcessAdapter(bundle_dir, device)
+        return InProcessAdapter(bundle_dir, device, chat)
     cls = {"openai": OpenAIAdapter, "kserve_v2": KServeV2Adapter, "rest": RestAdapter}[endpoint.adapter]
     return cls(endpoint, timeout_s)

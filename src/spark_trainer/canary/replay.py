@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_trainer.canary.adapters import Adapter, AdapterError
+from spark_trainer.canary.adapters import Adapter, AdapterError, ask
 from spark_trainer.canary.traffic import Item
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Replayer:
         else:
             t0 = time.perf_counter()
             try:
-                reply.text = self.adapters[arm].complete(item.prompt, self.max_tokens)
+                reply.text = ask(self.adapters[arm], item, self.max_tokens)
                 reply.latency_ms = (time.perf_counter() - t0) * 1000
                 reply.scores = self.scorer(item, reply.text)
                 self.streak[arm] = 0

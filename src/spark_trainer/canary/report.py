@@ -69,6 +69,10 @@ def markdown(metrics: dict[str, Any], rules: dict[str, MetricRule] | None = None
     if metrics.get("champion_version") is not None and "champion_release_override" in metrics:
         lines.append(f"- release override of champion version {metrics['champion_version']}: "
                      f"{_override(metrics['champion_release_override'])}")
+    if metrics.get("chat_template"):
+        arms = [arm for arm, chat in metrics["chat_template"].items() if chat]
+        lines.append("- safety probes sent through the chat template (`evaluate_safety.chat`) to: "
+                     f"{', '.join(arms) if arms else 'neither model (plain text)'}")
     lines += [f"- mode: {metrics['mode']}, traffic steps: {metrics['steps_planned']} %",
               f"- **decision: {metrics['decision']}** → status `{metrics['status']}`",
               f"- reason: {metrics['reason']}", ""]

@@ -23,8 +23,12 @@ from spark_trainer.params import EvaluateSafetyParams, TrafficParams
 class Item:
     id: str
     kind: str          # question | toxicity | jailbreak | prompt_injection
-    prompt: str
+    prompt: str        # the plain text: what a completions API is sent
     gold: str = ""     # the answer text, for questions
+    # A probe's conversation, as evaluate_safety sends it through a chat template: the
+    # system prompt and the user's message (None for questions, which stay plain text)
+    system: str | None = None
+    user: str = ""
 
 
 def build(p: TrafficParams, s: EvaluateSafetyParams) -> list[Item]:
@@ -35,12 +39,12 @@ def build(p: TrafficParams, s: EvaluateSafetyParams) -> list[Item]:
     items = [Item(f"{q.subject}-{q.index}", "question", mmlu.doc_text(q, "continuation"), q.choices[q.answer])
              for q in questions]
     prompts = Path(p.prompts)
-    for row in safety.read_probes(prompts / "toxicity_prompts.jsonl", ("id", "prompt")):
-        items.append(Item(row["id"], "toxicity", row["prompt"]))
     system = s.system_prompt.format(canary=s.canary)
+    for row in safety.read_probes(prompts / "toxicity_prompts.jsonl", ("id", "prompt")):
+        items.append(Item(row["id"], "toxicity", row["prompt"], system=system, user=row["prompt"]))
     for row in safety.read_probes(prompts / "jailbreak.jsonl", ("id", "kind", "attack", "prompt")):
-        items.append(Item(row["id"], row["kind"], safety.attack_prompt(system, row["prompt"].format(
-            injection=s.injection))))
+        attack = row["prompt"].format(injection=s.injection)
+        items.append(Item(row["id"], row["kind"], safety.attack_prompt(system, attack), system=system, user=attack))
     rng.shuffle(items)
     return items
 

@@ -7,8 +7,8 @@ evaluation summaries, lineage, a manifest, and an OpenSSF model-signing signatur
       README.md                 Hugging Face model card with YAML metadata
       evaluation/<name>.json    copies of the evaluate stages' metrics
       evaluation/base/<name>.json  the base model's, where package.base_evaluations names them
-      lineage.json              dvc.lock hashes of upstream stages, params hash, data hash, and the
-                                release override (null when package.release_override is not set)
+      lineage.json              DVC hashes of the stage's declared deps, params hash, data hash, and
+                                the release override (null when package.release_override is not set)
       MANIFEST.json             sha256 of every file above; its own sha256 is the bundle digest
       model.sig                 model_signing's signature of every file, MANIFEST.json included
                                 (absent: unsigned, and MANIFEST.json, the card and the metrics say so)
@@ -23,12 +23,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spark_trainer.errors import BundleError
 from spark_trainer.outputs import atomic_path, dumps_stable
 from spark_trainer.packaging import card, gates, signing
-from spark_trainer.params import PackageParams, read_yaml
+from spark_trainer.params import PARAMS_FILE, PackageParams, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -103,52 +101,41 @@ def build(p: PackageParams, model_dir: Path, out_dir: Path, lineage: dict[str, A
 # --------------------------------------------------------------------------- lineage
 
 
-def lineage(stage: str, data_path: str, params_path: str = "params.yaml") -> dict[str, Any]:
-    """Where the bundle came from: the dvc.lock entries of every stage upstream of
-    `stage`, a hash of params.yaml, and the DVC hash of the dataset.
+def lineage(stage: str, data_path: str) -> dict[str, Any]:
+    """Where the bundle came from: the DVC hash of every dep `stage` declares in dvc.yaml
+    (the model, the dataset, the evaluation metrics and the packaging code, as its dvc.lock
+    entry will record them), a hash of its declared params, and the dataset's hash.
 
-    No git commit or dirty flag: the bundle depends only on declared inputs, so the same
-    deps give the same digest on any commit (the code is in the stages' dvc.lock deps;
-    the register run's MLflow tags name the commit)."""
-    params = read_yaml(params_path)
-    out: dict[str, Any] = {
-        "params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
-        "stages": {}, "data": {"path": data_path, "md5": None},
-    }
-    lock_path = Path("dvc.lock")
-    if not (Path("dvc.yaml").is_file() and lock_path.is_file()):
-        out["stages"] = None  # built outside a DVC project: nothing to record
-        return out
-    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")).get("stages", {})
-    for name, cached in upstream_stages(stage).items():
-        entry = lock.get(name)
-        if entry is None:
-            continue
-        out["stages"][name] = {
-            "deps": {d["path"]: d.get("md5") or d.get("hash") for d in entry.get("deps", [])},
-            "outs": {o["path"]: o.get("md5") or o.get("hash") for o in entry.get("outs", []) if o["path"] in cached},
-        }
-        for o in entry.get("outs", []):
-            if o["path"].rstrip("/") == data_path.rstrip("/"):
-                out["data"]["md5"] = o.get("md5")
-    return out
+    Only declared inputs, so the same deps give the same bundle digest on any commit and
+    when DVC restores the stage from its run cache. The stages upstream are not read:
+    dvc.lock is no dep, and their code can change without changing their outputs. The
+    commit's dvc.lock maps these hashes to the stages that made them; the register run's
+    MLflow tags name the commit."""
+    deps = declared_deps(stage)
+    if deps is None:  # built outside a DVC project: the stage's own params section, no input hashes
+        deps = {PARAMS_FILE: {stage: read_yaml(PARAMS_FILE).get(stage)}}
+    params = {k: v for k, v in deps.items() if isinstance(v, dict)}
+    inputs = {path: value for path, value in deps.items() if not isinstance(value, dict)}
+    return {"params_sha256": hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest(),
+            "inputs": inputs or None, "data": {"path": data_path, "md5": inputs.get(data_path.rstrip("/"))}}
 
 
-def upstream_stages(stage: str) -> dict[str, set[str]]:
-    """Every stage `stage` depends on, directly or not (DVC's graph points from a stage
-    to the stages it depends on), with the outs DVC caches: data and models. Metrics and
-    plots (cache: false) are left out; training plots hold wall-clock speeds, which would
-    change the lineage, and so the bundle digest, on every run."""
-    import networkx as nx
+def declared_deps(stage: str) -> dict[str, Any] | None:
+    """path -> DVC hash of each file or folder dep of `stage` (md5, `.dir` for folders), and
+    params file -> {key: value} of its declared params; None outside a DVC project."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    if not Path("dvc.yaml").is_file():
+        return None
     try:
         with Repo(".") as repo:
             (target,) = repo.stage.collect(stage)
-            graph = repo.index.graph
-            return {s.addressing: {o.def_path for o in s.outs if o.use_cache}
-                    for s in sorted(nx.descendants(graph, target), key=lambda s: s.addressing) if getattr(s, "cmd", None)}
+            found: dict[str, Any] = {}
+            for dep in target.deps:
+                value = dep.get_hash().value
+                found[dep.def_path.rstrip("/")] = dict(value) if isinstance(value, dict) else value
+            return found
     except (DvcException, ValueError) as e:
-        log.warning("lineage: could not read stage '%s' from dvc.yaml (%s); recording no upstream stages", stage, e)
-        return {}
+        raise BundleError(f"lineage: could not read the deps of stage '{stage}' from dvc.yaml ({e}); "
+                          "run the stage with `dvc repro`") from e

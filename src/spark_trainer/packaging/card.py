@@ -182,7 +182,8 @@ def render(p: PackageParams, evaluations: dict[str, Any], lineage: dict[str, Any
         "---", data.to_yaml(), "---", "",
         f"# {p.name}", "",
         (f"Built by the SparkTrainer pipeline from `{p.model}`. Base model: {base_text}. "
-         "`lineage.json` lists the DVC hashes of every upstream stage (code, data and models); "
+         "`lineage.json` lists the DVC hash of every input of the package stage (model, data, evaluations, "
+         "code) and a hash of its params; "
          "`MANIFEST.json` lists the sha256 of every file (`python scripts/verify_bundle.py <bundle>` checks "
          "them)."), "",
         "## Release gates", "", *gate_lines(found, override), "",
