@@ -45,10 +45,15 @@ def start(stage: str, launcher: LauncherParams):
     return device
 
 
+def params_key(stage: str) -> str:
+    """The params key of a stage's launcher: lora@arithmetic reads lora.launcher."""
+    return f"{stage.split('@')[0]}.launcher"
+
+
 def check(stage: str, launcher: LauncherParams, device) -> None:
     """Everything that can be known before compute: the launcher and config are there, the
     processes fit the devices. `device` is the resolved compute.device."""
-    key = f"{stage.split('@')[0]}.launcher"  # lora@arithmetic reads lora.launcher
+    key = params_key(stage)
     if launcher.kind == "python":
         return
     if launcher.kind == "accelerate" and find_spec("accelerate") is None:
@@ -137,9 +142,9 @@ def relaunch(stage: str, launcher: LauncherParams, device) -> None:
     if device.type == "cuda":
         from spark_trainer import gpus
 
-        choice = gpus.choose(launcher.num_processes, key=f"{stage.split('@')[0]}.launcher.num_processes")
+        choice = gpus.choose(launcher.num_processes, key=f"{params_key(stage)}.num_processes")
         if uses_deepspeed(launcher) and any(d.mig_index is not None for d in choice.devices):
-            raise ParamsError(f"{stage.split('@')[0]}.launcher.config {launcher.config}: DeepSpeed cannot run on a "
+            raise ParamsError(f"{params_key(stage)}.config {launcher.config}: DeepSpeed cannot run on a "
                               f"MIG instance ({choice.reason}); use configs/accelerate/ddp.yaml, or whole GPUs")
         env.update(choice.env)
         log.info("GPUs: %s", choice.reason)
