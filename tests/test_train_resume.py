@@ -61,6 +61,26 @@ def test_resume_after_interruption_matches_uninterrupted_run(setup, tmp_path):
     assert steps == ["2", "4", "6", "8", "10", "12"]
 
 
+class StopAtTheEnd(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt("stopped after the last step, before the model was saved")
+
+
+def test_a_run_stopped_after_its_last_step_resumes_to_the_same_step_and_weights(setup, tmp_path):
+    # Stopped during the final evaluation: no checkpoint at max_steps to resume from (the
+    # Trainer would take a step past it), so the last steps are redone from the one before.
+    torch.set_num_threads(1)
+    p, tok, blocks = setup
+    straight, first = _run(p, tok, blocks, tmp_path / "ckpt_a", None)
+    with pytest.raises(KeyboardInterrupt):
+        _run(p, tok, blocks, tmp_path / "ckpt_b", None, [StopAtTheEnd()])
+    assert [c.name for c in (tmp_path / "ckpt_b").glob("checkpoint-*")] == ["checkpoint-8"]
+    resumed, outcome = _run(p, tok, blocks, tmp_path / "ckpt_b", None)
+    assert (outcome.resumed_from_step, outcome.global_step) == (8, 12) and first.global_step == 12
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 def test_changed_run_does_not_resume_a_stale_checkpoint(setup, tmp_path):
     p, tok, blocks = setup
     with pytest.raises(KeyboardInterrupt):

@@ -225,6 +225,22 @@ def live_callback(live, tokens_per_step: int):
     return LiveCallback()
 
 
+def no_final_checkpoint():
+    """A TrainerCallback that keeps the Trainer from saving a checkpoint at max_steps. A run
+    stopped after that save (during its evaluation or saving) would resume from it, and the
+    Trainer then takes one step past max_steps (transformers 5.23: global_step max_steps + 1,
+    and with a non-zero learning rate there, changed weights). Without it the run resumes
+    from the previous checkpoint and redoes its last steps, as an uninterrupted run did."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
 def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_dir: Path | None,
                     run_fingerprint: str, extra_callbacks: tuple = (), eval_dataset=None,
                     trainer_class=None, trainer_kwargs: dict | None = None, args_class=None,
@@ -256,6 +272,8 @@ def train_model(model, train_dataset, p: LoopParams, checkpoint_dir: Path, live_
     early = eval_dataset is not None and p.efficiency.early_stopping_patience > 0
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.efficiency.early_stopping_patience))
+    else:  # with early stopping the last step's checkpoint may be the best one, which must be kept
+        callbacks.append(no_final_checkpoint())
     live = None
     if live_dir is not None and devices.is_main_process():
         from dvclive import Live
