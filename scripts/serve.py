@@ -6,6 +6,8 @@
 
 Endpoints:
     POST /v1/completions            {"model", "prompt", "max_tokens"} -> {"choices": [{"text"}]}
+    POST /v1/chat/completions       {"model", "messages", "max_tokens"} -> {"choices": [{"message"}]}, the
+                                    messages rendered by the model's chat template (400 without one)
     GET  /v1/models                 each model's bundle digest, whether it is signed, its context
     POST /v2/models/<name>/infer    Open Inference Protocol: BYTES input "text_input", parameters.max_tokens
     GET  /v2/health/ready, /health  readiness (never needs the API key)
@@ -62,6 +64,22 @@ class Completion(BaseModel):
     model_config = ConfigDict(strict=True)
     model: str
     prompt: str = Field(min_length=1)
+    max_tokens: int = 16
+    temperature: float = 0.0
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletion(BaseModel):
+    """The part of an OpenAI chat completions request that greedy serving uses; other fields are ignored."""
+
+    model_config = ConfigDict(strict=True)
+    model: str
+    messages: list[Message] = Field(min_length=1, max_length=64)
     max_tokens: int = 16
     temperature: float = 0.0
 
@@ -181,18 +199,25 @@ def build_app(models: dict[str, Served], max_tokens_cap: int, timeout_s: float, 
             raise HTTPException(413, f"prompt is {len(prompt)} characters; model '{name}' takes at most {limit} "
                                      f"(its context is {served.adapter.context_length} tokens): shorten it")
 
-    def complete(name: str, served: Served, prompt: str, max_tokens: int) -> str:
+    def complete(name: str, served: Served, prompt: str, max_tokens: int, messages: list | None) -> str:
         # On the model's worker: the tokenizer is not shared across threads either.
+        if messages is not None:  # the chat API: `prompt` is the messages' text, for the limits
+            try:
+                prompt = served.adapter.render(messages)
+            except ValueError as e:
+                raise HTTPException(400, f"model '{name}': {e}") from e
         tokens, context = served.adapter.count_tokens(prompt), served.adapter.context_length
         if tokens > context:
             raise HTTPException(400, f"prompt is {tokens} tokens; model '{name}' has a context of {context} "
                                      "tokens: shorten it")
         try:
+            if messages is not None:
+                return served.adapter.complete(prompt, max_tokens, chat=True)
             return served.adapter.complete(prompt, max_tokens)
         except AdapterError as e:
             raise HTTPException(500, str(e)) from e
 
-    async def generate(name: str, api: str, prompt: str, max_tokens: int) -> str:
+    async def generate(name: str, api: str, prompt: str, max_tokens: int, messages: list | None = None) -> str:
         served = models.get(name)
         if served is None:
             requests_total.labels(UNKNOWN, api, "404").inc()
@@ -200,7 +225,7 @@ def build_app(models: dict[str, Served], max_tokens_cap: int, timeout_s: float, 
         t0 = time.perf_counter()
         try:
             check_limits(name, served, prompt, max_tokens)
-            job = served.worker.submit(complete, name, served, prompt, max_tokens)
+            job = served.worker.submit(complete, name, served, prompt, max_tokens, messages)
             # On timeout a queued job is cancelled; a running one cannot be, and finishes.
             text = await asyncio.wait_for(asyncio.wrap_future(job), timeout_s)
         except HTTPException as e:
@@ -218,6 +243,15 @@ def build_app(models: dict[str, Served], max_tokens_cap: int, timeout_s: float, 
         text = await generate(req.model, "openai", req.prompt, req.max_tokens)
         return {"object": "text_completion", "model": req.model,
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletion):
+        messages = [m.model_dump() for m in req.messages]
+        text = await generate(req.model, "openai_chat", "".join(m["content"] for m in messages), req.max_tokens,
+                              messages)
+        return {"object": "chat.completion", "model": req.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length"}]}
 
     @app.get("/v1/models")
     def list_models():

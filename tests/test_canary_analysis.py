@@ -127,6 +127,7 @@ def test_rest_template_and_reply_path():
     ({"steps": [50, 10, 100]}, "steps must increase strictly and end at 100"),
     ({"steps": [10, 50]}, "end at 100"),
     ({"serving": {"challenger": {"adapter": "openai"}}}, "needs url"),
+    ({"serving": {"champion": {"chat": True}}}, "chat: true needs adapter openai"),
     ({"rules": {"acuracy": {}}}, "canary_promote.rules"),
     ({"mode": "blue_green"}, "canary_promote.mode"),
 ])

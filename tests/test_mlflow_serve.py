@@ -132,7 +132,7 @@ def test_the_registered_version_is_served_by_mlflow_and_scored_by_the_rest_adapt
         served = ServingEndpoint(adapter="rest", url=url + "/invocations", model="", headers={},
                                  request_template={"inputs": ["{prompt}"],
                                                    "params": {"max_new_tokens": "{max_tokens}"}},
-                                 response_path="predictions.0")
+                                 response_path="predictions.0", chat=False)
         arms = {"champion": adapters.InProcessAdapter(bundle), "challenger": adapters.build(served, None, 30)}
         replayer = Replayer(arms, 8, 3, lambda item, text: {"correct": is_correct(text, item.gold),
                                                               "answer_f1": answer_f1(text, item.gold)})

@@ -172,7 +172,7 @@ def test_connection_error_names_the_endpoint_without_userinfo_or_query():
     # Validation refuses user info; build from an unvalidated endpoint to check the adapter itself.
     endpoint = ServingEndpoint.model_construct(
         adapter="openai", url=f"http://svc:S3cretPass@127.0.0.1:{port}/base?api_key={QUERY_SECRET}", model="m",
-        request_template={}, response_path="", headers={})
+        request_template={}, response_path="", headers={}, chat=False)
     adapter = adapters.build(endpoint, None, timeout_s=2)
     with pytest.raises(adapters.AdapterError, match="ConnectionError") as failed:
         adapter.complete("hi", 2)

@@ -289,3 +289,50 @@ def test_a_request_over_the_timeout_gets_504_and_the_model_stays_locked_until_do
     assert reply.status_code == 504 and time.perf_counter() - t0 < 0.8
     assert slow.running == 1  # the generation goes on after the 504, holding the model
     assert slow.done.wait(5) and slow.most_at_once == 1
+
+
+def chat_bundle(bundle, tmp_path):
+    """The tiny bundle with a chat template in its tokenizer config (its manifest left out)."""
+    import json
+    import shutil
+
+    from tests.test_evaluate_safety import CHAT_TEMPLATE
+
+    chat = tmp_path / "chat"
+    shutil.copytree(bundle, chat, ignore=shutil.ignore_patterns("MANIFEST.json"))
+    config = chat / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": CHAT_TEMPLATE}))
+    signing.write_manifest(chat, "chat", signed=False)
+    return chat
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_chat_completions_render_the_template_and_answer_as_the_canary_in_process(server, bundle, tmp_path):
+    # The openai adapter with chat: true replays a probe as evaluate_safety sends it, and gets
+    # the reply an in-process arm gets; a model without a template is a 400, bad messages 422.
+    from spark_trainer.canary import adapters
+    from spark_trainer.params import ServingEndpoint
+
+    messages = [{"role": "system", "content": "Keep the code."}, {"role": "user", "content": "2 plus 3 is"}]
+    reply = post(server, "/v1/chat/completions", {"model": "alpha", "messages": messages, "max_tokens": 4})
+    assert reply.status_code == 400 and "no chat template" in reply.json()["detail"]
+    for body in ({"model": "alpha", "messages": []}, {"model": "alpha", "messages": [{"role": "tool", "content": "x"}]},
+                 {"model": "alpha", "messages": [{"role": "user"}]}, {"model": "alpha", "messages": "hi"}):
+        assert post(server, "/v1/chat/completions", body).status_code == 422, body
+
+    chat = chat_bundle(bundle, tmp_path)
+    cwd = tmp_path / "project"
+    cwd.mkdir()
+    write_params(cwd / "params.yaml", smoke_params())
+    s = Server(cwd, "--bundle", f"chat={chat}").wait_ready()
+    try:
+        endpoint = ServingEndpoint(adapter="openai", url=s.url, model="chat", request_template={},
+                                   response_path="", headers={}, chat=True)
+        remote = adapters.build(endpoint, None, timeout_s=60)
+        local = adapters.InProcessAdapter(chat, chat="auto")
+        assert remote.chat and local.chat
+        assert remote.complete_chat("Keep the code.", "2 plus 3 is", 6) == \
+            local.complete_chat("Keep the code.", "2 plus 3 is", 6)
+        assert remote.complete("2 plus 3 is", 6) == local.complete("2 plus 3 is", 6)  # questions: plain text
+    finally:
+        s.stop()

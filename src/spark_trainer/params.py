@@ -683,9 +683,15 @@ class ServingEndpoint(Section):
     response_path: str                 # rest: dotted path to the text in the JSON reply, e.g. data.0.text
     # HTTP adapters: header name -> env:VAR; the variable holds the value (e.g. "Bearer ...")
     headers: Annotated[dict[HeaderName, Annotated[str, AfterValidator(_env_ref)]], Field(strict=False)]
+    # openai: safety probes go to /v1/chat/completions as [system, user] messages (the server's
+    # chat template renders them), questions to /v1/completions; in_process follows evaluate_safety.chat
+    chat: bool
 
     @model_validator(mode="after")
     def _complete(self) -> ServingEndpoint:
+        if self.chat and self.adapter != "openai":
+            raise ValueError(f"chat: true needs adapter openai (the chat completions API); adapter {self.adapter} "
+                             "sends plain text (in_process: evaluate_safety.chat decides)")
         if self.adapter != "in_process" and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"adapter {self.adapter} needs url: http(s)://host:port")
         if self.adapter in ("openai", "kserve_v2") and not self.model:

@@ -4,7 +4,8 @@
   through the model's chat template, as evaluate_safety sends it, when
   `evaluate_safety.chat` says so (auto: when the tokenizer has one);
 - openai: an OpenAI-compatible completions server (`POST /v1/completions`, as vLLM and
-  TGI serve, and scripts/serve.py);
+  TGI serve, and scripts/serve.py); with `chat: true`, probes go to `/v1/chat/completions`
+  as [system, user] messages, which the server renders with the model's chat template;
 - kserve_v2: the KServe v2 / Open Inference Protocol (`POST /v2/models/<name>/infer`,
   as Triton and TorchServe serve, and scripts/serve.py);
 - rest: any JSON API; the request body comes from a template in params ({prompt},
@@ -88,9 +89,18 @@ class InProcessAdapter:
 
         return self.complete(chat_prompt(self.tokenizer, system, user), max_tokens, chat=True)
 
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Chat messages through the tokenizer's chat template, up to the assistant's turn;
+        ValueError without a template or when the template refuses them."""
+        from spark_trainer.evaluation.safety import render_chat
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the model has no chat template: send plain text to /v1/completions")
+        return render_chat(self.tokenizer, messages)
+
 
 class _HttpAdapter:
-    chat = False  # a completions API is sent the plain prompt; the server owns any template
+    chat = False  # plain prompts; the openai adapter with `chat: true` sends probes as chat messages
 
     def __init__(self, endpoint: ServingEndpoint, timeout_s: float) -> None:
         import requests
@@ -134,6 +144,20 @@ class _HttpAdapter:
 
 
 class OpenAIAdapter(_HttpAdapter):
+    def __init__(self, endpoint: ServingEndpoint, timeout_s: float) -> None:
+        super().__init__(endpoint, timeout_s)
+        self.chat = endpoint.chat
+
+    def complete_chat(self, system: str, user: str, max_tokens: int) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        reply = self._post(with_path(self.endpoint.url, "/v1/chat/completions"),
+                           {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": 0})
+        try:
+            return reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise self._error(f"chat reply lacks choices[0].message.content: {json.dumps(reply)[:200]}") from e
+
     def complete(self, prompt: str, max_tokens: int) -> str:
         reply = self._post(with_path(self.endpoint.url, "/v1/completions"),
                            {"model": self.endpoint.model, "prompt": prompt, "max_tokens": max_tokens,

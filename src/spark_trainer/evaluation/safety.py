@@ -66,10 +66,18 @@ def chat_prompt(tokenizer, system: str, user: str) -> str:
     assistant's turn (the text already holds the template's special tokens)."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     try:
+        return render_chat(tokenizer, messages)
+    except ValueError as e:
+        raise ModelSourceError(f"{tokenizer.name_or_path}: {e}: set evaluate_safety.chat: false") from e
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Chat messages through the tokenizer's chat template, up to the assistant's turn;
+    ValueError when the template cannot render them."""
+    try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # jinja raises its own errors, e.g. a template that refuses a system role
-        raise ModelSourceError(f"the chat template of {tokenizer.name_or_path} cannot render a system and a user "
-                               f"message ({type(e).__name__}: {e}): set evaluate_safety.chat: false") from e
+        raise ValueError(f"the chat template cannot render these messages ({type(e).__name__}: {e})") from e
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: bool = False) -> list[str]:
