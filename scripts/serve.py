@@ -210,10 +210,8 @@ def build_app(models: dict[str, Served], max_tokens_cap: int, timeout_s: float, 
         if tokens > context:
             raise HTTPException(400, f"prompt is {tokens} tokens; model '{name}' has a context of {context} "
                                      "tokens: shorten it")
-        try:
-            if messages is not None:
-                return served.adapter.complete(prompt, max_tokens, chat=True)
-            return served.adapter.complete(prompt, max_tokens)
+        try:  # a rendered chat prompt holds the template's special tokens: no second BOS
+            return served.adapter.complete(prompt, max_tokens, chat=messages is not None)
         except AdapterError as e:
             raise HTTPException(500, str(e)) from e
 

@@ -240,7 +240,7 @@ class SlowModel:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def complete(self, prompt: str, max_tokens: int) -> str:
+    def complete(self, prompt: str, max_tokens: int, chat: bool = False) -> str:
         with self._count:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)

@@ -92,9 +92,9 @@ class InProcessAdapter:
     def render(self, messages: list[dict[str, str]]) -> str:
         """Chat messages through the tokenizer's chat template, up to the assistant's turn;
         ValueError without a template or when the template refuses them."""
-        from spark_trainer.evaluation.safety import render_chat
+        from spark_trainer.evaluation.safety import has_chat_template, render_chat
 
-        if not getattr(self.tokenizer, "chat_template", None):
+        if not has_chat_template(self.tokenizer):
             raise ValueError("the model has no chat template: send plain text to /v1/completions")
         return render_chat(self.tokenizer, messages)
 
@@ -149,10 +149,11 @@ class OpenAIAdapter(_HttpAdapter):
         self.chat = endpoint.chat
 
     def complete_chat(self, system: str, user: str, max_tokens: int) -> str:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        from spark_trainer.evaluation.safety import conversation
+
         reply = self._post(with_path(self.endpoint.url, "/v1/chat/completions"),
-                           {"model": self.endpoint.model, "messages": messages, "max_tokens": max_tokens,
-                            "temperature": 0})
+                           {"model": self.endpoint.model, "messages": conversation(system, user),
+                            "max_tokens": max_tokens, "temperature": 0})
         try:
             return reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as e:

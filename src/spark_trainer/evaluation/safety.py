@@ -53,7 +53,7 @@ def read_probes(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def use_chat(tokenizer, setting: bool | str, model_dir) -> bool:
     """Whether prompts go through the chat template (`evaluate_safety.chat`: auto, true, false)."""
-    has = bool(getattr(tokenizer, "chat_template", None))
+    has = has_chat_template(tokenizer)
     if setting is True and not has:
         raise ParamsError(f"evaluate_safety.chat is true, but the tokenizer of {model_dir} has no chat template "
                           "(no chat_template in tokenizer_config.json, no chat_template.jinja): set chat to auto "
@@ -61,12 +61,20 @@ def use_chat(tokenizer, setting: bool | str, model_dir) -> bool:
     return has if setting == "auto" else bool(setting)
 
 
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def conversation(system: str, user: str) -> list[dict[str, str]]:
+    """A probe as chat messages: the system prompt, then the user's message."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
 def chat_prompt(tokenizer, system: str, user: str) -> str:
     """The conversation [system, user] rendered by the tokenizer's chat template, up to the
     assistant's turn (the text already holds the template's special tokens)."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     try:
-        return render_chat(tokenizer, messages)
+        return render_chat(tokenizer, conversation(system, user))
     except ValueError as e:
         raise ModelSourceError(f"{tokenizer.name_or_path}: {e}: set evaluate_safety.chat: false") from e
 
